@@ -1,0 +1,1 @@
+"""Datasets, episodes, feature extraction, metrics and the runner."""

@@ -1,0 +1,6 @@
+"""GFSS methods: the Task/Method contract and a registry with one module per method."""
+
+from gfss_bench.methods.contract import METHODS, Method, Task, build_method, register_method
+from gfss_bench.methods import base  # noqa: F401  (registers the methods)
+
+__all__ = ["METHODS", "Method", "Task", "build_method", "register_method"]

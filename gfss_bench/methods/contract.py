@@ -1,0 +1,153 @@
+"""The contract every GFSS method implements: a `Task` in, softmax probabilities out.
+
+Methods are dataclasses whose fields are their options (with the published defaults), registered
+by name; `build_method(name, **options)` validates and coerces the options (strings from the CLI
+included) and fails with a clear message on unknown names, unknown options or wrong types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+import torch
+
+from gfss_bench.errors import GFSSError
+from gfss_bench.registry import Registry, unknown_choice_message
+
+
+@dataclass
+class Task:
+    """One GFSS adaptation problem: a frozen base classifier, a support set and a batch of queries.
+
+    Labels are in the episode space: 0 background, 1..B base, B+1..B+N novel, 255 ignore.
+    `support_labels[j]` are the K masks of novel class j (episode label B+1+j).
+    """
+
+    base_weight: torch.Tensor  # float [C, B+1]
+    base_bias: torch.Tensor  # float [B+1]
+    support_features: torch.Tensor  # float [N, K, C, h, w]
+    support_labels: torch.Tensor  # long [N, K, H, W]
+    query_features: torch.Tensor  # float [Q, C, h, w]
+    query_valid: torch.Tensor  # bool [Q, H, W]
+    query_labels: Optional[torch.Tensor] = None  # long [Q, H, W]; only oracle settings may read it
+    seed: int = 0  # for methods with randomness; derived from the run's seed by the runner
+
+    @property
+    def num_base_and_bg(self) -> int:
+        return self.base_weight.shape[1]
+
+    @property
+    def num_novel(self) -> int:
+        return self.support_features.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.num_base_and_bg + self.num_novel
+
+    @property
+    def shots(self) -> int:
+        return self.support_features.shape[1]
+
+
+class Method:
+    """Base class of registered methods (subclasses are dataclasses of their options)."""
+
+    name: ClassVar[str] = ""
+
+    @property
+    def is_oracle(self) -> bool:
+        """True when the method reads ground truth of the queries (results are flagged as oracle)."""
+        return False
+
+    def validate(self) -> None:
+        """Check option values; raise GFSSError naming the option and what is allowed."""
+
+    def predict(self, task: Task) -> torch.Tensor:
+        """Softmax probabilities [Q, B+1+N, h, w] for the task's queries."""
+        raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(name: str):
+    """Class decorator: make a dataclass of options and register it under `name`."""
+
+    def decorator(cls: type[Method]) -> type[Method]:
+        cls = dataclass(frozen=True)(cls)
+        cls.name = name
+        METHODS.add(name, cls)
+        return cls
+
+    return decorator
+
+
+def build_method(name: str, **options: Any) -> Method:
+    """Instantiate a registered method; options may be Python values or CLI strings."""
+    cls = METHODS.get(name)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in options.items():
+        if key not in fields:
+            raise GFSSError(unknown_choice_message(f"option for method {name!r}:", key, sorted(fields)))
+        values[key] = coerce_option(name, key, value, hints[key])
+    method = cls(**values)
+    method.validate()
+    return method
+
+
+def _scalar(method: str, key: str, value: Any, kind: type) -> Any:
+    problem = f"option {key!r} of method {method!r} must be {kind.__name__}, got {value!r}"
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise GFSSError(problem)
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise GFSSError(problem)
+        if isinstance(value, (int, float)) and (kind is float or float(value).is_integer()):
+            return kind(value)
+        if isinstance(value, str):
+            try:
+                return kind(value)
+            except ValueError:
+                raise GFSSError(problem) from None
+        raise GFSSError(problem)
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise GFSSError(problem)
+    raise TypeError(f"unsupported option type {kind}")
+
+
+def coerce_option(method: str, key: str, value: Any, hint: Any) -> Any:
+    """Coerce a value to the option's annotated type: bool/int/float/str or tuple[...] of them."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        item_types = [t for t in typing.get_args(hint) if t is not Ellipsis]
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", "").split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        args = typing.get_args(hint)
+        if Ellipsis not in args and len(value) != len(args):
+            raise GFSSError(f"option {key!r} of method {method!r} needs {len(args)} comma-separated values, "
+                            f"got {value!r}")
+        kinds = item_types * len(value) if Ellipsis in args else item_types
+        return tuple(_scalar(method, key, v, k) for v, k in zip(value, kinds))
+    return _scalar(method, key, value, hint)
+
+
+def check_choice(method: str, key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise GFSSError(unknown_choice_message(f"value for option {key!r} of method {method!r}:", value,
+                                               list(choices)))

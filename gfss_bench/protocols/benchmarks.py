@@ -1,0 +1,136 @@
+"""Benchmarks: which classes are novel in each fold, and the evaluation settings (facts §2, §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from gfss_bench.errors import GFSSError
+from gfss_bench.registry import Registry
+
+PASCAL_CLASSES = (
+    "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorcycle", "person", "pottedplant", "sheep", "sofa",
+    "train", "tv",
+)
+
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)
+
+# Synthetic object classes: a shape and a texture each (see gfss_bench.benchmark.synthetic).
+SYNTHETIC_CLASSES = tuple(f"synth{i:02d}" for i in range(1, 21))
+
+OFFICIAL_IMAGE_SIZE = 417
+OFFICIAL_MIN_SUPPORT_PIXELS = 16 * 32 * 32
+SYNTHETIC_IMAGE_SIZE = 97
+
+
+def scaled_min_support_pixels(image_size: int) -> int:
+    """The official 16384-pixel minimum at 417x417, scaled to another image size by area."""
+    return int(round(OFFICIAL_MIN_SUPPORT_PIXELS * (image_size / OFFICIAL_IMAGE_SIZE) ** 2))
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A GFSS benchmark: a dataset, its class names, the novel classes of each fold and eval settings."""
+
+    name: str
+    description: str
+    dataset: str  # "pascal", "coco" or "synthetic": which data layout and root it reads
+    class_names: tuple[str, ...]
+    fold_novel_classes: tuple[tuple[int, ...], ...]  # original class ids (1-based), per fold
+    image_size: int = OFFICIAL_IMAGE_SIZE
+    min_support_pixels: int = OFFICIAL_MIN_SUPPORT_PIXELS
+    max_queries: Optional[int] = None  # None: every eligible val image
+    shuffle_queries: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_folds(self) -> int:
+        return len(self.fold_novel_classes)
+
+    def check_fold(self, fold: int) -> int:
+        if not 0 <= fold < self.num_folds:
+            raise GFSSError(
+                f"--fold {fold} is out of range for benchmark {self.name!r}: "
+                f"choose from {', '.join(map(str, range(self.num_folds)))}"
+            )
+        return fold
+
+    def novel_classes(self, fold: int) -> tuple[int, ...]:
+        return tuple(sorted(self.fold_novel_classes[self.check_fold(fold)]))
+
+    def base_classes(self, fold: int) -> tuple[int, ...]:
+        novel = set(self.novel_classes(fold))
+        return tuple(c for c in range(1, self.num_classes + 1) if c not in novel)
+
+    def episode_classes(self, fold: int) -> tuple[int, ...]:
+        """Original class id of each episode label 1..B+N (index 0 is background)."""
+        return (0,) + self.base_classes(fold) + self.novel_classes(fold)
+
+    def episode_class_names(self, fold: int) -> tuple[str, ...]:
+        return ("background",) + tuple(self.class_names[c - 1] for c in self.episode_classes(fold)[1:])
+
+    def episode_label_lut(self, fold: int) -> np.ndarray:
+        """uint8 look-up table original label -> episode label (facts §1); unknown ids map to 255."""
+        lut = np.full(256, 255, dtype=np.uint8)
+        for episode_label, original in enumerate(self.episode_classes(fold)):
+            lut[original] = episode_label
+        return lut
+
+
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
+
+
+def _register(benchmark: Benchmark) -> None:
+    BENCHMARKS.add(benchmark.name, benchmark)
+
+
+def _contiguous_folds(num_classes: int, num_folds: int) -> tuple[tuple[int, ...], ...]:
+    size = num_classes // num_folds
+    return tuple(tuple(range(f * size + 1, (f + 1) * size + 1)) for f in range(num_folds))
+
+
+def _interleaved_folds(num_classes: int, num_folds: int) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(range(f + 1, num_classes + 1, num_folds)) for f in range(num_folds))
+
+
+_register(Benchmark(
+    "pascal5i", "PASCAL VOC 2012 + SBD, 4 folds of 5 novel classes (15 base)", "pascal",
+    PASCAL_CLASSES, _contiguous_folds(20, 4)))
+_register(Benchmark(
+    "pascal10i", "PASCAL VOC 2012 + SBD, equal split: 2 folds of 10 novel classes (10 base); DIaM's splits 10/11",
+    "pascal", PASCAL_CLASSES, _contiguous_folds(20, 2)))
+_register(Benchmark(
+    "coco20i", "COCO 2014, 4 interleaved folds of 20 novel classes (every 4th id; PFENet/DIaM split)", "coco",
+    COCO_CLASSES, _interleaved_folds(80, 4), max_queries=10000, shuffle_queries=True))
+_register(Benchmark(
+    "coco20i-contiguous", "COCO 2014, 4 contiguous folds of 20 novel classes (ids 20i+1..20i+20)", "coco",
+    COCO_CLASSES, _contiguous_folds(80, 4), max_queries=10000, shuffle_queries=True))
+_register(Benchmark(
+    "synthetic5i", "built-in synthetic scenes (no download), 4 folds of 5 novel classes out of 20", "synthetic",
+    SYNTHETIC_CLASSES, _contiguous_folds(20, 4), image_size=SYNTHETIC_IMAGE_SIZE,
+    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE)))
+_register(Benchmark(
+    "synthetic10i", "built-in synthetic scenes (no download), equal split: 2 folds of 10 novel classes",
+    "synthetic", SYNTHETIC_CLASSES, _contiguous_folds(20, 2), image_size=SYNTHETIC_IMAGE_SIZE,
+    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE)))
+
+
+def get_benchmark(name: str) -> Benchmark:
+    return BENCHMARKS.get(name)
