@@ -68,7 +68,7 @@ class Benchmark:
         if not 0 <= fold < self.num_folds:
             raise GFSSError(
                 f"--fold {fold} is out of range for benchmark {self.name!r}: "
-                f"choose from {', '.join(map(str, range(self.num_folds)))}"
+                f"choose from: {', '.join(map(str, range(self.num_folds)))}"
             )
         return fold
 

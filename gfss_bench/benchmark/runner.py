@@ -1,0 +1,285 @@
+"""Run specs, their ids, and the runner that evaluates methods on seeded episodes.
+
+A `RunSpec` (method + options, benchmark, fold, protocol, shot, runs, seed, convention, segmenter,
+device) hashes to a run id, which is the cache key and the result file name. Specs that share the
+data (benchmark, fold, protocol, segmenter, device) share one feature extraction and the same
+episodes, whatever the method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import platform
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gfss_bench.benchmark.episodes import Episode, make_episode, query_candidates
+from gfss_bench.benchmark.features import SplitFeatures, extract_features
+from gfss_bench.benchmark.metrics import CONVENTIONS, confusion_matrix, scores
+from gfss_bench.errors import GFSSError
+from gfss_bench.methods import Method, Task, build_method
+from gfss_bench.progress import progress_bar
+from gfss_bench.protocols import Benchmark, get_benchmark, get_protocol
+from gfss_bench.results.store import ResultStore, canonical_json
+
+DEFAULT_SEED = 2023
+DEFAULT_RUNS = 5
+BUILTIN_SEGMENTER = "builtin"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a result; its canonical-JSON hash is the run id."""
+
+    method: str
+    method_options: tuple[tuple[str, Any], ...]
+    benchmark: str
+    fold: int
+    protocol: str
+    shot: int
+    runs: int = DEFAULT_RUNS
+    seed: int = DEFAULT_SEED
+    convention: str = "diam"
+    segmenter: str = BUILTIN_SEGMENTER
+    device: str = "cpu"
+
+    @classmethod
+    def create(cls, method: str, benchmark: str, fold: int, protocol: str, shot: int,
+               options: Optional[dict[str, Any]] = None, **kwargs: Any) -> "RunSpec":
+        """Validate every field and fill the method's full option set (defaults included)."""
+        built = build_method(method, **(options or {}))
+        get_benchmark(benchmark).check_fold(fold)
+        get_protocol(protocol)
+        if shot < 1:
+            raise GFSSError(f"--shot must be >= 1, got {shot}")
+        spec = cls(method, _freeze(built.options()), benchmark, fold, protocol, shot, **kwargs)
+        if spec.runs < 1:
+            raise GFSSError(f"--runs must be >= 1, got {spec.runs}")
+        if spec.convention not in CONVENTIONS:
+            raise GFSSError(f"--convention {spec.convention!r} is unknown; choose from: {', '.join(CONVENTIONS)}")
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["method_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.method_options}
+        return data
+
+    @property
+    def run_id(self) -> str:
+        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()[:16]
+
+    def build(self) -> Method:
+        return build_method(self.method, **dict(self.method_options))
+
+    @property
+    def data_key(self) -> tuple:
+        return (self.benchmark, self.fold, self.protocol, self.segmenter, self.device)
+
+
+def _freeze(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(options.items()))
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GFSSError("--device cuda was requested but no CUDA device is available; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise GFSSError(f"--device {name!r} is unknown; choose from: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """Where and with what a result was computed."""
+    versions = {"python": platform.python_version()}
+    for package in ("gfss-bench", "torch", "torchvision", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {
+        "git_commit": commit, "versions": versions, "device": device.type, "device_name": device_name,
+        "torch_threads": torch.get_num_threads(), "host": platform.node(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": sys.argv,
+    }
+
+
+@dataclass
+class EvaluationData:
+    """What every spec of one data key shares: the segmenter's classifier, features and episodes."""
+
+    benchmark: Benchmark
+    base_weight: torch.Tensor
+    base_bias: torch.Tensor
+    pixel_counts: np.ndarray
+    features: SplitFeatures
+    names: list[str]
+
+
+def _load_evaluation_data(spec: RunSpec, device: torch.device, batch_size: int,
+                          segmenter_loader: Callable) -> EvaluationData:
+    from gfss_bench.benchmark.datasets import open_split
+
+    benchmark = get_benchmark(spec.benchmark)
+    split = open_split(benchmark, "val")
+    pixel_counts = split.class_pixel_counts()
+    unknown = np.flatnonzero(pixel_counts[:, benchmark.num_classes + 1:255].sum(axis=0)) + benchmark.num_classes + 1
+    if unknown.size:
+        image = int(np.flatnonzero(pixel_counts[:, unknown[0]])[0])
+        raise GFSSError(f"label file of {split.names[image]} contains class id {unknown[0]}, outside "
+                        f"{benchmark.name}'s 0..{benchmark.num_classes} and 255; fix the labels or the benchmark")
+    segmenter = segmenter_loader(spec, device)
+    weight, bias = segmenter.classifier_weight_and_bias()
+    expected = len(benchmark.base_classes(spec.fold)) + 1
+    if weight.shape[1] != expected:
+        raise GFSSError(f"segmenter {spec.segmenter!r} has {weight.shape[1]} classifier outputs but "
+                        f"{benchmark.name} fold {spec.fold} needs {expected} (background + base)")
+    features = extract_features(segmenter, split, query_candidates(benchmark, pixel_counts), benchmark.image_size,
+                                device, batch_size=batch_size,
+                                description=f"{benchmark.name} fold {spec.fold}: features")
+    return EvaluationData(benchmark, weight.detach().float().cpu(), bias.detach().float().cpu(), pixel_counts,
+                          features, list(split.names))
+
+
+def builtin_segmenter_loader(spec: RunSpec, device: torch.device):
+    from gfss_bench.models import builtin_segmenter
+
+    if spec.segmenter != BUILTIN_SEGMENTER:
+        raise GFSSError(f"segmenter {spec.segmenter!r} is not available; only the built-in ones are")
+    return builtin_segmenter(spec.benchmark, spec.fold, spec.protocol, device=device)
+
+
+def score_probabilities(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Upsample [Q, K, h, w] probabilities bilinearly (align_corners=True) to the label size, argmax, count."""
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for q in range(probs.shape[0]):
+        upsampled = F.interpolate(probs[q:q + 1], size=labels.shape[-2:], mode="bilinear", align_corners=True)
+        confusion += confusion_matrix(upsampled.argmax(1)[0], labels[q], num_classes)
+    return confusion
+
+
+def evaluate_episode(method: Method, data: EvaluationData, spec: RunSpec, episode: Episode,
+                     device: torch.device, batch_size: int, on_batch: Callable[[int], None] = lambda n: None
+                     ) -> torch.Tensor:
+    """The confusion matrix of one method on one episode (queries adapted in batches)."""
+    benchmark, protocol = data.benchmark, get_protocol(spec.protocol)
+    num_classes = len(benchmark.episode_classes(spec.fold))
+    query_lut = torch.from_numpy(benchmark.episode_label_lut(spec.fold).astype(np.int64))
+    support_lut = torch.from_numpy(protocol.support_label_lut(benchmark, spec.fold).astype(np.int64))
+    flat = [i for group in episode.supports for i in group]
+    support_features, support_labels = data.features.select(flat)
+    n, k = len(episode.supports), spec.shot
+    support_features = support_features.reshape(n, k, *support_features.shape[1:]).to(device)
+    support_labels = support_lut[support_labels.long()].reshape(n, k, *support_labels.shape[1:]).to(device)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for start in range(0, len(episode.queries), batch_size):
+        batch = episode.queries[start:start + batch_size]
+        query_features, query_labels = data.features.select(batch)
+        query_labels = query_lut[query_labels.long()]
+        task = Task(base_weight=data.base_weight.to(device), base_bias=data.base_bias.to(device),
+                    support_features=support_features, support_labels=support_labels,
+                    query_features=query_features.to(device), query_valid=(query_labels != 255).to(device),
+                    query_labels=query_labels.to(device) if method.is_oracle else None, seed=episode.seed)
+        probs = method.predict(task)
+        if not torch.isfinite(probs).all():
+            raise GFSSError(f"method {spec.method!r} produced NaN/inf probabilities on {benchmark.name} fold "
+                            f"{spec.fold} run {episode.run} (queries {start}..{start + len(batch) - 1}); "
+                            "nothing was stored; try a smaller learning rate")
+        confusion += score_probabilities(probs.float().cpu(), query_labels, num_classes)
+        on_batch(len(batch))
+    return confusion
+
+
+def _aggregate(per_run: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for key in per_run[0]:
+        values = np.array([r[key] for r in per_run], dtype=np.float64)
+        if np.isnan(values).all():
+            out[key] = {"mean": float("nan"), "std": float("nan")}
+        else:
+            out[key] = {"mean": float(np.nanmean(values)),
+                        "std": float(np.nanstd(values, ddof=1)) if len(values) > 1 else 0.0}
+    return out
+
+
+def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: int = 32, force: bool = False,
+            segmenter_loader: Callable = builtin_segmenter_loader,
+            log: Callable[[str], None] = lambda message: None) -> list[dict]:
+    """Evaluate every spec not yet stored (or all with `force`); return the results of all specs."""
+    specs = list(dict.fromkeys(specs))
+    results: dict[str, dict] = {}
+    pending = []
+    for spec in specs:
+        if not force and store.contains(spec.run_id):
+            results[spec.run_id] = store.load(store.path_for(spec.run_id))
+            log(f"cached: {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot ({spec.run_id})")
+        else:
+            pending.append(spec)
+    groups: dict[tuple, list[RunSpec]] = defaultdict(list)
+    for spec in pending:
+        groups[spec.data_key].append(spec)
+    for group in groups.values():
+        device = resolve_device(group[0].device)
+        started = time.perf_counter()
+        data = _load_evaluation_data(group[0], device, batch_size, segmenter_loader)
+        shared_seconds = time.perf_counter() - started
+        for spec in group:
+            result = _evaluate_spec(spec, data, device, batch_size)
+            result["provenance"]["shared_setup_s"] = shared_seconds
+            store.save(result)
+            results[spec.run_id] = result
+            log(f"stored: {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot -> "
+                f"{store.path_for(spec.run_id)}")
+    return [results[spec.run_id] for spec in specs]
+
+
+def _evaluate_spec(spec: RunSpec, data: EvaluationData, device: torch.device, batch_size: int) -> dict:
+    benchmark = data.benchmark
+    method = spec.build()
+    num_base = len(benchmark.base_classes(spec.fold))
+    started = time.perf_counter()
+    runs = []
+    episodes = [make_episode(benchmark, spec.fold, spec.shot, r, spec.seed, data.pixel_counts)
+                for r in range(spec.runs)]
+    with progress_bar() as progress:
+        bar = progress.add_task(f"{spec.method} {benchmark.name} fold {spec.fold} {spec.shot}-shot",
+                                total=sum(len(e.queries) for e in episodes))
+        for episode in episodes:
+            confusion = evaluate_episode(method, data, spec, episode, device, batch_size,
+                                         on_batch=lambda n: progress.advance(bar, n))
+            runs.append({
+                "run": episode.run, "seed": episode.seed, "num_queries": len(episode.queries),
+                "support_images": [[data.names[i] for i in group] for group in episode.supports],
+                "confusion": confusion.tolist(),
+                "scores": scores(confusion.numpy(), num_base, spec.convention).as_dict(),
+            })
+    record = provenance(device)
+    record["wall_time_s"] = time.perf_counter() - started
+    return {
+        "run_id": spec.run_id, "spec": spec.to_dict(), "oracle": method.is_oracle,
+        "convention": spec.convention, "convention_description": CONVENTIONS[spec.convention],
+        "class_ids": list(benchmark.episode_classes(spec.fold)),
+        "class_names": list(benchmark.episode_class_names(spec.fold)),
+        "num_base": num_base, "num_novel": len(benchmark.novel_classes(spec.fold)),
+        "runs": runs, "aggregate": _aggregate([r["scores"] for r in runs]), "provenance": record,
+    }

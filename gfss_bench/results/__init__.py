@@ -1,0 +1,1 @@
+"""The results store (one atomic JSON file per run spec) and leaderboard reports."""

@@ -1,0 +1,72 @@
+"""One JSON file per run spec, named by the spec's id, written atomically, with a content checksum."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gfss_bench.paths import atomic_write_text
+
+SCHEMA_VERSION = 1
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def content_checksum(result: dict) -> str:
+    body = {k: v for k, v in result.items() if k != "checksum"}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class UnreadableResult:
+    path: Path
+    reason: str
+
+
+class ResultStore:
+    """A folder of `<run_id>.json` files; no index file, so concurrent writers never conflict."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    def path_for(self, run_id: str) -> Path:
+        return self.root / f"{run_id}.json"
+
+    def contains(self, run_id: str) -> bool:
+        return self.path_for(run_id).is_file()
+
+    def save(self, result: dict) -> Path:
+        result = dict(result, schema_version=SCHEMA_VERSION)
+        result["checksum"] = content_checksum(result)
+        path = self.path_for(result["run_id"])
+        atomic_write_text(path, json.dumps(result, indent=1, sort_keys=True) + "\n")
+        return path
+
+    def load(self, path: Path) -> dict:
+        """Read and verify one result file; raises ValueError with the reason when it cannot be trusted."""
+        try:
+            result = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"cannot be read as JSON ({error})") from None
+        if not isinstance(result, dict) or result.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"schema version {result.get('schema_version') if isinstance(result, dict) else None!r}"
+                             f" is not {SCHEMA_VERSION}")
+        if result.get("checksum") != content_checksum(result):
+            raise ValueError("checksum mismatch: the file was modified or truncated")
+        return result
+
+    def load_all(self) -> tuple[list[dict], list[UnreadableResult]]:
+        results, problems = [], []
+        if not self.root.is_dir():
+            return results, problems
+        for path in sorted(self.root.glob("*.json")):
+            try:
+                results.append(self.load(path))
+            except ValueError as error:
+                problems.append(UnreadableResult(path, str(error)))
+        return results, problems

@@ -1,0 +1,82 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gfss_bench.benchmark.metrics import confusion_matrix, harmonic_mean, per_class_iou, scores
+
+
+def numpy_confusion(prediction, target, num_classes):
+    """Independent reference: a plain loop over pixels."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for p, t in zip(prediction.ravel(), target.ravel()):
+        if t != 255:
+            matrix[t, p] += 1
+    return matrix
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 7), st.integers(1, 40), st.integers(0, 2**31 - 1), st.floats(0, 0.5))
+def test_confusion_matches_numpy_reference(num_classes, size, seed, ignore_fraction):
+    rng = np.random.default_rng(seed)
+    target = rng.integers(0, num_classes, size=(size, 3))
+    target[rng.random(target.shape) < ignore_fraction] = 255
+    prediction = rng.integers(0, num_classes, size=(size, 3))
+    ours = confusion_matrix(torch.from_numpy(prediction), torch.from_numpy(target), num_classes).numpy()
+    np.testing.assert_array_equal(ours, numpy_confusion(prediction, target, num_classes))
+    assert ours.dtype == np.int64
+    assert ours.sum() == (target != 255).sum()
+
+
+def test_confusion_is_summable_over_batches():
+    rng = np.random.default_rng(0)
+    target, prediction = rng.integers(0, 4, (2, 10, 10)), rng.integers(0, 4, (2, 10, 10))
+    whole = confusion_matrix(torch.from_numpy(prediction), torch.from_numpy(target), 4)
+    parts = sum(confusion_matrix(torch.from_numpy(prediction[i]), torch.from_numpy(target[i]), 4) for i in range(2))
+    assert torch.equal(whole, parts)
+
+
+def test_out_of_range_label_is_an_error():
+    with pytest.raises(ValueError, match="outside"):
+        confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 5]), 3)
+
+
+def test_iou_hand_computed_and_absent_class_skipped():
+    # classes: 0 bg, 1 base, 2 novel, 3 novel absent from labels and predictions
+    confusion = np.array([[5, 1, 0, 0],
+                          [2, 3, 0, 0],
+                          [0, 1, 4, 0],
+                          [0, 0, 0, 0]])
+    iou = per_class_iou(confusion)
+    assert iou[0] == pytest.approx(5 / 8)
+    assert iou[1] == pytest.approx(3 / 7)
+    assert iou[2] == pytest.approx(4 / 5)
+    assert math.isnan(iou[3])
+    diam = scores(confusion, num_base=1, convention="diam")
+    assert diam.base == pytest.approx(3 / 7)
+    assert diam.novel == pytest.approx(4 / 5)  # the absent class is skipped, not counted as 0
+    assert diam.mean == pytest.approx((3 / 7 + 4 / 5) / 2)
+    assert diam.hm == pytest.approx(2 * (3 / 7) * (4 / 5) / (3 / 7 + 4 / 5))
+    pop = scores(confusion, num_base=1, convention="pop")
+    assert pop.base == pytest.approx((5 / 8 + 3 / 7) / 2)
+    assert pop.total == pytest.approx((5 / 8 + 3 / 7 + 4 / 5) / 3)
+
+
+def test_predicted_but_absent_class_counts_as_zero_iou():
+    confusion = np.array([[4, 0, 1], [0, 3, 0], [0, 0, 0]])
+    assert per_class_iou(confusion)[2] == 0.0
+    assert scores(confusion, num_base=1).novel == 0.0
+
+
+def test_harmonic_mean_edge_cases():
+    assert harmonic_mean(0.0, 0.0) == 0.0
+    assert harmonic_mean(0.5, 0.5) == pytest.approx(0.5)
+    assert math.isnan(harmonic_mean(float("nan"), 0.3))
+
+
+def test_unknown_convention():
+    with pytest.raises(ValueError, match="convention"):
+        scores(np.eye(3, dtype=np.int64), 1, "nope")
