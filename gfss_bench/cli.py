@@ -72,7 +72,14 @@ def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, dev
     from gfss_bench.results.report import leaderboard, print_leaderboard
     from gfss_bench.results.store import ResultStore
 
+    from gfss_bench.methods import METHODS
+    from gfss_bench.protocols import get_protocol
+
     bench = _choice("--benchmark", get_benchmark, benchmark)
+    for method in methods:
+        _choice("--method", METHODS.get, method)
+    for protocol in protocols:
+        _choice("--protocol", get_protocol, protocol)
     if batch_size < 1:
         raise GFSSError(f"--batch-size must be >= 1, got {batch_size}")
     device_name = resolve_device(device).type
@@ -82,9 +89,8 @@ def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, dev
         for protocol in protocols:
             for fold in folds or range(bench.num_folds):
                 for shot in shots:
-                    specs.append(_choice("--method/--protocol/--fold/--shot", lambda _: RunSpec.create(
-                        method, benchmark, fold, protocol, shot, options[method], runs=runs, seed=seed,
-                        convention=convention, device=device_name), method))
+                    specs.append(RunSpec.create(method, benchmark, fold, protocol, shot, options[method],
+                                                runs=runs, seed=seed, convention=convention, device=device_name))
     results = execute(specs, ResultStore(results_dir), batch_size=batch_size, force=force,
                       log=lambda message: err_console.print(f"[dim]{message}[/]"))
     print_leaderboard(leaderboard(results), console)

@@ -33,7 +33,7 @@ from gfss_bench.paths import cache_dir
 VERSION = 1
 SEED = 20240601
 NUM_CLASSES = 20
-SPLIT_SIZES = {"train": 2000, "val": 400}
+SPLIT_SIZES = {"train": 2000, "val": 500}
 _SPLIT_IDS = {"train": 0, "val": 1}
 VOID_WIDTH = 1  # pixels on each side of a label boundary (a 2-pixel band in total)
 JPEG_QUALITY = 90
@@ -195,7 +195,7 @@ def generate_sample(split: str, index: int, seed: int = SEED) -> tuple[np.ndarra
     for _ in range(num_objects):
         class_id = int(rng.integers(1, NUM_CLASSES + 1))
         shape = SHAPES[(class_id - 1) % len(SHAPES)]
-        area = h * w * rng.uniform(0.07, 0.24)
+        area = h * w * rng.uniform(0.09, 0.28)
         radius = np.sqrt(area / (np.pi * _SHAPE_AREA[shape]))
         radius = min(radius, 0.62 * min(h, w))
         cy = rng.uniform(0.3 * radius, h - 0.3 * radius)
