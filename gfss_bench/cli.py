@@ -155,22 +155,36 @@ def list_command():
 @click.option("--fold", "-f", "folds", multiple=True, type=int, help="Fold (repeatable); default: all.")
 @click.option("--protocol", "-p", "protocols", multiple=True, default=("practical",), show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Also save the weights here (default: only the cache).")
-def train(benchmark, folds, protocols, seed, out):
+@click.option("--steps", default=None, type=int, help="Optimisation steps (default: the shipped recipe's).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write <benchmark>-fold<F>-<protocol>.pt/.json here (default: the cache).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+def train(benchmark, folds, protocols, seed, steps, out_dir, device):
     """Train a base segmenter on the base classes of a fold (cross-entropy), as the protocol prescribes."""
-    from gfss_bench.models.training import train_and_cache
+    import json
+
+    from gfss_bench.benchmark.runner import resolve_device
+    from gfss_bench.models.zoo import train_and_save
     from gfss_bench.protocols import get_benchmark, get_protocol
 
     bench = _choice("--benchmark", get_benchmark, benchmark)
+    if bench.dataset != "synthetic":
+        raise GFSSError(f"--benchmark {benchmark}: training on real data is not available yet; "
+                        "use synthetic5i or synthetic10i")
     for protocol in protocols:
         _choice("--protocol", get_protocol, protocol)
+    for fold in folds:
+        bench.check_fold(fold)
+    if steps is not None and steps < 1:
+        raise GFSSError(f"--steps must be >= 1, got {steps}")
+    device_name = resolve_device(device).type
     for protocol in protocols:
         for fold in folds or range(bench.num_folds):
-            bench.check_fold(fold)
-            info = train_and_cache(benchmark, fold, protocol, seed=seed, out=Path(out) if out else None)
-            console.print(f"{benchmark} fold {fold} {protocol}: base mIoU {100 * info['base_miou']:.1f}% "
-                          f"-> {info['path']}")
+            path = train_and_save(benchmark, fold, protocol, seed=seed, steps=steps, device=device_name,
+                                  out_dir=Path(out_dir) if out_dir else None, command=" ".join(sys.argv))
+            manifest = json.loads(path.with_suffix(".json").read_text())
+            console.print(f"{benchmark} fold {fold} {protocol}: base mIoU {100 * manifest['val_base_miou']:.1f}% "
+                          f"in {manifest['train_seconds']:.0f} s -> {path}")
 
 
 def main() -> None:

@@ -16,17 +16,19 @@ re-estimated, as in the official code).
 How it is computed differs from the official code, not what: the official code re-scores every
 support pixel for every task and lets autograd back-propagate through a
 [tasks x support pixels x classes] tensor, which dominates time and memory. Here the support
-cross-entropy gradient is computed in closed form, streamed one support image at a time: one GEMM
-scores the image's valid pixels for all tasks at once, the per-pixel gradient with respect to the
-logits is formed in the (small) class dimension, and a second GEMM accumulates it into the weight
-gradient of every task. With A the set of classes whose probabilities the target sums (the merged
-background {0..B} for a background pixel, {j} for a pixel of novel class j), s = sum_{c in A} p_c
-and the pixel loss -w*log(s + 1e-10), the gradient with respect to logit z_c is
+cross-entropy gradient is computed in closed form, streamed over chunks of the valid support pixels
+(packed once): one GEMM scores a chunk for all tasks at once, the per-pixel gradient
+with respect to the logits is formed in the (small) class dimension, and a second GEMM accumulates
+it into the weight gradient of every task. With A the set of classes whose probabilities the
+target sums (the merged background {0..B} for a background pixel, {j} for a pixel of novel class
+j), s = sum_{c in A} p_c and the pixel loss -w*log(s + 1e-10), the gradient with respect to logit
+z_c is
 
     w * p_c * (s - 1[c in A]) / (s + 1e-10).
 
-The query-side losses involve only each task's own query and go through autograd. Parameters are
-updated as `param -= lr * grad` (what torch.optim.SGD does without momentum).
+The query-side losses involve only each task's own query; their gradient is closed-form too
+(`_query_grad`), so no autograd graph is built. Parameters are updated as `param -= lr * grad`
+(what torch.optim.SGD does without momentum). Everything stays on the input tensors' device.
 
 Standard-protocol supports may contain base labels 1..B. The official merged-background CE has no
 entry for them (it would add a constant with zero gradient and count those pixels in the
@@ -91,53 +93,51 @@ def novel_prototypes(support_features: torch.Tensor, small_labels: torch.Tensor,
     feats = support_features.reshape(n * k, c, -1)  # [NK, C, hw]
     onehot = (small_labels.reshape(n * k, -1, 1) ==
               torch.arange(num_base_and_bg, num_base_and_bg + n, device=small_labels.device)).float()
-    sums = torch.einsum("icp,ipj->cj", feats, onehot)
+    sums = torch.bmm(feats, onehot).sum(0)  # per image, no copy of the features
     counts = onehot.sum(dim=(0, 1))
     protos = sums / (counts + EPS)
     return protos / (protos.norm(dim=0, keepdim=True) + EPS)
 
 
 class _Support:
-    """Valid support pixels of each image, their targets and per-pixel CE weights (precomputed once)."""
+    """The valid support pixels, packed once ([C, P_valid]), with their targets and CE weights."""
 
-    def __init__(self, task: Task, small_labels: torch.Tensor, ce_weight: float):
-        nb, kc = task.num_base_and_bg, task.num_classes
-        n, k, c = task.support_features.shape[:3]
-        feats = task.support_features.reshape(n * k, c, -1)
+    CHUNK_ELEMENTS = 1 << 22  # logits per chunk (pixels x tasks x classes): 16 MiB in float32
+
+    def __init__(self, task: Task, small_labels: torch.Tensor, ce_weight: float,
+                 features: Optional[torch.Tensor] = None):
+        nb = task.num_base_and_bg
+        features = task.support_features if features is None else features
+        n, k, c = features.shape[:3]
+        feats = features.reshape(n * k, c, -1)
         labels = small_labels.reshape(n * k, -1).clone()
         labels[(labels >= 1) & (labels < nb)] = 0  # base labels -> background (see module docstring)
         valid = labels != IGNORE
-        n_valid = int(valid.sum())
+        counts = valid.sum(1).tolist()
+        n_valid = sum(counts)
+        # [C, P_valid]: one copy of the valid support features, so that chunks are plain GEMM operands
+        self.features = torch.empty(c, n_valid, dtype=feats.dtype, device=feats.device)
+        offset = 0
+        for i, count in enumerate(counts):
+            if count == feats.shape[2]:
+                self.features[:, offset:offset + count].copy_(feats[i])
+            elif count:
+                self.features[:, offset:offset + count] = feats[i].index_select(1, valid[i].nonzero().squeeze(1))
+            offset += count
+        lab = labels[valid]  # same (image, pixel) order as the packed features
+        self.is_bg = lab == 0
+        self.is_novel = (lab >= nb).to(feats.dtype)
         bg_weight = 0.01 if k == 1 else 0.15
-        self.images = []
-        for i in range(n * k):
-            keep = valid[i]
-            count = int(keep.sum())
-            if count == 0:
-                continue
-            lab = labels[i]
-            idx = None
-            if count < lab.numel():
-                idx = keep.nonzero().squeeze(1)
-                lab = lab[idx]
-            is_bg = lab == 0
-            is_novel = lab >= nb
-            pix_w = torch.where(is_bg, bg_weight, 1.0) * (ce_weight / n_valid)
-            target = torch.where(is_novel, lab, torch.zeros_like(lab))  # gather index (unused for bg)
-            self.images.append((feats[i], idx, is_bg, is_novel.float(), pix_w, target))
-        self.num_classes = kc
+        self.pix_w = torch.where(self.is_bg, bg_weight, 1.0).to(feats.dtype) * (ce_weight / max(n_valid, 1))
+        self.target = torch.where(lab >= nb, lab, torch.zeros_like(lab))  # gather index (unused for bg)
         self.nb = nb
 
-    def features(self, i: int) -> torch.Tensor:
-        f, idx = self.images[i][0], self.images[i][1]
-        return f if idx is None else f.index_select(1, idx)
-
-    def base_logits(self, weight: torch.Tensor, bias: torch.Tensor) -> list[torch.Tensor]:
-        """Frozen base logits [n_i, B+1] per image (used when the base classifier is not trained)."""
-        return [torch.addmm(bias, self.features(i).t(), weight) for i in range(len(self.images))]
+    def base_logits(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Frozen base logits [P_valid, B+1] (used when the base classifier is not trained)."""
+        return torch.addmm(bias, self.features.t(), weight)
 
     def grad(self, weight: torch.Tensor, bias: torch.Tensor, train_base: bool,
-             fixed_base: Optional[list[torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+             fixed_base: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Closed-form gradient of the weighted support CE, summed over tasks.
 
         weight [C, T, B+1+N], bias [T, B+1+N]; returns gradients of the same shapes (only the novel
@@ -147,48 +147,88 @@ class _Support:
         nb = self.nb
         grad_w = torch.zeros_like(weight)
         grad_b = torch.zeros_like(bias)
-        if train_base:
-            w_flat, b_flat = weight.view(c, t * kc), bias.view(t * kc)
-            gw_flat = grad_w.view(c, t * kc)
+        total = self.features.shape[1]
+        if total == 0:
+            return grad_w, grad_b
+        cols = kc if train_base else kc - nb
+        w_flat = weight.view(c, t * kc) if train_base else weight[:, :, nb:].reshape(c, t * cols)
+        b_flat = bias.view(t * kc) if train_base else bias[:, nb:].reshape(t * cols)
+        if train_base:  # accumulate in place
+            gw, gb = grad_w.view(c, t * kc), grad_b.view(t * kc)
         else:
-            w_flat = weight[:, :, nb:].reshape(c, t * (kc - nb))
-            b_flat = bias[:, nb:].reshape(t * (kc - nb))
-            gw_nov = torch.zeros(c, t * (kc - nb), dtype=weight.dtype, device=weight.device)
-        for i, (_, _, is_bg, is_novel, pix_w, target) in enumerate(self.images):
-            feats = self.features(i)  # [C, n]
-            n = feats.shape[1]
+            gw = torch.zeros(c, t * cols, dtype=weight.dtype, device=weight.device)
+            gb = torch.zeros(t * cols, dtype=weight.dtype, device=weight.device)
+        bg_indicator = torch.zeros(kc, dtype=weight.dtype, device=weight.device)
+        bg_indicator[:nb] = 1
+        step = max(256, self.CHUNK_ELEMENTS // (t * kc))
+        ones = torch.ones(min(step, total), dtype=weight.dtype, device=weight.device)
+        for lo in range(0, total, step):
+            hi = min(lo + step, total)
+            n = hi - lo
+            feats = self.features[:, lo:hi].t()  # [n, C]
+            target = self.target[lo:hi].view(n, 1, 1).expand(n, t, 1)
+            is_bg = self.is_bg[lo:hi].unsqueeze(1)
             if train_base:
-                probs = torch.softmax(torch.addmm(b_flat, feats.t(), w_flat).view(n, t, kc), dim=-1)
+                logits = torch.addmm(b_flat, feats, w_flat).view(n, t, kc)
             else:
-                novel = torch.addmm(b_flat, feats.t(), w_flat).view(n, t, kc - nb)
-                logits = torch.cat([fixed_base[i].unsqueeze(1).expand(n, t, nb), novel], dim=-1)
-                probs = torch.softmax(logits, dim=-1)
-            merged_bg = probs[..., :nb].sum(-1)  # [n, t]
-            own = probs.gather(-1, target.view(n, 1, 1).expand(n, t, 1)).squeeze(-1)
-            s = torch.where(is_bg.unsqueeze(1), merged_bg, own)
-            coef = pix_w.unsqueeze(1) / (s + EPS)
+                novel = torch.addmm(b_flat, feats, w_flat).view(n, t, cols)
+                logits = torch.cat([fixed_base[lo:hi].unsqueeze(1).expand(n, t, nb), novel], dim=-1)
+            probs = torch.softmax(logits, dim=-1)
+            del logits
+            merged_bg = torch.mv(probs.view(n * t, kc), bg_indicator).view(n, t)  # sum of p_0..p_B
+            own = probs.gather(-1, target).squeeze(-1)
+            s = torch.where(is_bg, merged_bg, own)
+            coef = self.pix_w[lo:hi].unsqueeze(1) / (s + EPS)
             a = coef * s
             # probs becomes the gradient w.r.t. the logits: p_c * (a - coef * 1[c in A])
-            probs[..., :nb].mul_((a - coef * is_bg.unsqueeze(1)).unsqueeze(-1))
+            probs[..., :nb].mul_((a - coef * is_bg).unsqueeze(-1))
             probs[..., nb:].mul_(a.unsqueeze(-1))
-            probs.scatter_add_(-1, target.view(n, 1, 1).expand(n, t, 1), (-a * is_novel.unsqueeze(1)).unsqueeze(-1))
-            if train_base:
-                g = probs.view(n, t * kc)
-                gw_flat.addmm_(feats, g)
-                grad_b.view(-1).add_(g.sum(0))
-            else:
-                g = probs[..., nb:].reshape(n, t * (kc - nb))
-                gw_nov.addmm_(feats, g)
-                grad_b[:, nb:].add_(g.sum(0).view(t, kc - nb))
+            probs.scatter_add_(-1, target, (-a * self.is_novel[lo:hi].unsqueeze(1)).unsqueeze(-1))
+            g = probs.view(n, t * kc) if train_base else probs[..., nb:].reshape(n, t * cols)
+            gw.addmm_(feats.t(), g)
+            gb.addmv_(g.t(), ones[:n])
         if not train_base:
-            grad_w[:, :, nb:] = gw_nov.view(c, t, kc - nb)
+            grad_w[:, :, nb:] = gw.view(c, t, cols)
+            grad_b[:, nb:] = gb.view(t, cols)
         return grad_w, grad_b
 
 
 def _query_probs(weight: torch.Tensor, bias: torch.Tensor, feats_q: torch.Tensor) -> torch.Tensor:
     """weight [C, T, K], bias [T, K], feats_q [T, C, P] -> probabilities [T, K, P]."""
-    logits = torch.bmm(weight.permute(1, 2, 0), feats_q) + bias.unsqueeze(-1)
+    logits = torch.baddbmm(bias.unsqueeze(-1), weight.permute(1, 2, 0), feats_q)
     return torch.softmax(logits, dim=1)
+
+
+def _query_grad(probs: torch.Tensor, feats_q: torch.Tensor, valid_w: torch.Tensor, old: torch.Tensor,
+                pi: torch.Tensor, w_kl: float, w_h: float, w_kd: float, nb: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed-form gradient of the query losses (KL to pi, entropy, distillation), summed over tasks.
+
+    probs [T, K, P] (current query probabilities), feats_q [T, C, P], valid_w [T, 1, P] = valid / (#valid
+    + 1e-10), old [T, B+1, P] frozen base probabilities, pi [T, K]. All three losses are valid-pixel means
+    (the KL through the marginal), so dL/dp = valid_w * inner with
+      entropy      inner_c = -w_H  * (log(p_c + e) + p_c / (p_c + e))
+      KL           inner_c =  w_KL * (log(e + r_c) + r_c / (e + r_c)),  r = marginal / (pi + e)
+      distillation inner_c =  w_KD * (log(e + u_c') + u_c' / (e + u_c')),  u = folded p / (e + old),
+                   c' = c for c <= B, 0 for novel c (novel probabilities are folded into background);
+    and dL/dz_c = p_c * (g_c - sum_k p_k g_k). Returns (dW [T, C, K], db [T, K]).
+    """
+    if w_h != 0:
+        inner = torch.log(probs + EPS).add_(probs / (probs + EPS)).mul_(-w_h)
+    else:
+        inner = torch.zeros_like(probs)
+    if w_kl != 0:
+        marginal = torch.bmm(probs, valid_w.transpose(1, 2)).squeeze(-1)  # [T, K]
+        r = marginal / (pi + EPS)
+        inner.add_((torch.log(r + EPS) + r / (r + EPS)).mul_(w_kl).unsqueeze(-1))
+    if w_kd != 0:
+        folded = probs[:, :nb].clone()
+        folded[:, 0] += probs[:, nb:].sum(1)
+        u = folded.div_(old + EPS)
+        dk = torch.log(u + EPS).add_(u / (u + EPS)).mul_(w_kd)
+        inner[:, :nb] += dk
+        inner[:, nb:] += dk[:, :1]
+    inner.sub_((probs * inner).sum(1, keepdim=True)).mul_(probs).mul_(valid_w)  # dL/dz
+    return torch.bmm(feats_q, inner.transpose(1, 2)), inner.sum(-1)
 
 
 def _valid_mean_prob(probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -238,6 +278,10 @@ class DIaM(Method):
             return _valid_mean_prob(torch.softmax(logits, dim=1), valid)
 
     def predict(self, task: Task) -> torch.Tensor:
+        with torch.no_grad():
+            return self._predict(task)
+
+    def _predict(self, task: Task) -> torch.Tensor:
         check_task_shapes(task)
         check_labels(task.support_labels, task.num_classes, "support labels")
         w_ce, w_kl, w_h, w_kd = (float(w) for w in self.loss_weights)
@@ -263,48 +307,32 @@ class DIaM(Method):
             pi = true_pi
         else:
             pi = self._estimate_pi(weight, bias, feats_q, valid_q, true_pi if self.pi_strategy == "imglvl" else None)
+            # imglvl on a query without valid pixels masks every class: the official code gets NaN there
+            pi = torch.nan_to_num(pi, nan=0.0)
 
-        with torch.no_grad():
-            old = torch.softmax(torch.einsum("tcp,ck->tkp", feats_q, base_w) + base_b.view(1, -1, 1), dim=1)
-        support = _Support(task, small_s, w_ce) if w_ce != 0 else None
+        old = torch.softmax(torch.matmul(base_w.t(), feats_q) + base_b.view(1, -1, 1), dim=1)  # frozen, [T, B+1, P]
+        support = _Support(task, small_s, w_ce, sfeat) if w_ce != 0 else None
         fixed_base = None
         if support is not None and not self.finetune_base:
             fixed_base = support.base_logits(base_w, base_b)
-        n_valid_q = valid_q.sum(-1) + EPS  # [T]
+        valid_w = (valid_q / (valid_q.sum(-1, keepdim=True) + EPS)).unsqueeze(1)  # [T, 1, P]
         update_at = set(self.pi_update_at)
 
         for it in range(self.iterations):
-            w_leaf = weight.detach().requires_grad_(True)
-            b_leaf = bias.detach().requires_grad_(True)
-            probs = _query_probs(w_leaf, b_leaf, feats_q)  # [T, K, P]
-            loss = probs.new_zeros(())
-            if w_h != 0:
-                ent = -(probs * torch.log(probs + EPS)).sum(1)
-                loss = loss + w_h * ((ent * valid_q).sum(-1) / n_valid_q).sum()
-            if w_kl != 0:
-                marginal = (probs * valid_q.unsqueeze(1)).sum(-1) / n_valid_q.unsqueeze(1)
-                loss = loss + w_kl * (marginal * torch.log(EPS + marginal / (pi + EPS))).sum()
-            if w_kd != 0:
-                folded = torch.cat([probs[:, :1] + probs[:, nb:].sum(1, keepdim=True), probs[:, 1:nb]], dim=1)
-                kd = (folded * torch.log(EPS + folded / (EPS + old))).sum(1)
-                loss = loss + w_kd * ((kd * valid_q).sum(-1) / n_valid_q).sum()
-            if loss.requires_grad:
-                grad_w, grad_b = torch.autograd.grad(loss, [w_leaf, b_leaf])
+            grad_w, grad_b = _query_grad(_query_probs(weight, bias, feats_q), feats_q, valid_w, old, pi,
+                                         w_kl, w_h, w_kd, nb)
+            grad_w = grad_w.permute(1, 0, 2)  # [C, T, K]
+            if support is not None:
+                sw, sb = support.grad(weight, bias, self.finetune_base, fixed_base)
+                grad_w = grad_w + sw
+                grad_b = grad_b + sb
+            if self.finetune_base:
+                weight.add_(grad_w, alpha=-self.lr)
+                bias.add_(grad_b, alpha=-self.lr)
             else:
-                grad_w, grad_b = torch.zeros_like(weight), torch.zeros_like(bias)
-            with torch.no_grad():
-                if support is not None:
-                    sw, sb = support.grad(weight, bias, self.finetune_base, fixed_base)
-                    grad_w += sw
-                    grad_b += sb
-                if self.finetune_base:
-                    weight.add_(grad_w, alpha=-self.lr)
-                    bias.add_(grad_b, alpha=-self.lr)
-                else:
-                    weight[:, :, nb:].add_(grad_w[:, :, nb:], alpha=-self.lr)
-                    bias[:, nb:].add_(grad_b[:, nb:], alpha=-self.lr)
+                weight[:, :, nb:].add_(grad_w[:, :, nb:], alpha=-self.lr)
+                bias[:, nb:].add_(grad_b[:, nb:], alpha=-self.lr)
             if (it + 1) in update_at and self.pi_strategy == "self" and w_kl != 0:
                 pi = self._estimate_pi(weight, bias, feats_q, valid_q)
 
-        with torch.no_grad():
-            return _query_probs(weight, bias, feats_q).reshape(q, kc, h, w)
+        return _query_probs(weight, bias, feats_q).reshape(q, kc, h, w)
