@@ -58,7 +58,8 @@ def cli() -> None:
 @click.option("--seed", default=2023, show_default=True, type=int, help="Base seed of the episodes.")
 @click.option("--convention", default="diam", show_default=True, help="Metric convention: diam or pop.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--batch-size", default=32, show_default=True, type=int, help="Queries adapted together.")
+@click.option("--batch-size", default=None, type=int,
+              help="Queries adapted together (default: 256 on the synthetic benchmarks, 16 on real ones).")
 @click.option("--option", "-o", "option_pairs", multiple=True, metavar="[METHOD.]KEY=VALUE",
               help="Method option, e.g. -o iterations=50 or -o diam.pi_strategy=uniform.")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False),
@@ -80,6 +81,7 @@ def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, dev
         _choice("--method", METHODS.get, method)
     for protocol in protocols:
         _choice("--protocol", get_protocol, protocol)
+    batch_size = bench.batch_size if batch_size is None else batch_size
     if batch_size < 1:
         raise GFSSError(f"--batch-size must be >= 1, got {batch_size}")
     device_name = resolve_device(device).type

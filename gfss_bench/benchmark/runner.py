@@ -169,12 +169,14 @@ def builtin_segmenter_loader(spec: RunSpec, device: torch.device):
     return builtin_segmenter(spec.benchmark, spec.fold, spec.protocol, device=device)
 
 
-def score_probabilities(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def score_probabilities(probs: torch.Tensor, labels: torch.Tensor, num_classes: int, chunk: int = 16
+                        ) -> torch.Tensor:
     """Upsample [Q, K, h, w] probabilities bilinearly (align_corners=True) to the label size, argmax, count."""
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    for q in range(probs.shape[0]):
-        upsampled = F.interpolate(probs[q:q + 1], size=labels.shape[-2:], mode="bilinear", align_corners=True)
-        confusion += confusion_matrix(upsampled.argmax(1)[0], labels[q], num_classes)
+    for start in range(0, probs.shape[0], chunk):
+        upsampled = F.interpolate(probs[start:start + chunk], size=labels.shape[-2:], mode="bilinear",
+                                  align_corners=True)
+        confusion += confusion_matrix(upsampled.argmax(1), labels[start:start + chunk], num_classes)
     return confusion
 
 
@@ -222,7 +224,7 @@ def _aggregate(per_run: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: int = 32, force: bool = False,
+def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: Optional[int] = None, force: bool = False,
             segmenter_loader: Callable = builtin_segmenter_loader,
             log: Callable[[str], None] = lambda message: None) -> list[dict]:
     """Evaluate every spec not yet stored (or all with `force`); return the results of all specs."""
@@ -240,11 +242,12 @@ def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: int = 3
         groups[spec.data_key].append(spec)
     for group in groups.values():
         device = resolve_device(group[0].device)
+        group_batch_size = batch_size if batch_size is not None else get_benchmark(group[0].benchmark).batch_size
         started = time.perf_counter()
-        data = _load_evaluation_data(group[0], device, batch_size, segmenter_loader)
+        data = _load_evaluation_data(group[0], device, group_batch_size, segmenter_loader)
         shared_seconds = time.perf_counter() - started
         for spec in group:
-            result = _evaluate_spec(spec, data, device, batch_size)
+            result = _evaluate_spec(spec, data, device, group_batch_size)
             result["provenance"]["shared_setup_s"] = shared_seconds
             store.save(result)
             results[spec.run_id] = result

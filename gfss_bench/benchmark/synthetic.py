@@ -19,7 +19,6 @@ Bump `VERSION` whenever the output changes: the shipped segmenter weights are ke
 from __future__ import annotations
 
 import colorsys
-import io
 import os
 import shutil
 import tempfile
@@ -47,7 +46,7 @@ _SHAPE_AREA = {
 }
 # Texture of class k is TEXTURES[k - 1]: (pattern, angle in degrees, period in pixels).
 TEXTURES = (
-    ("stripes", 0, 6), ("stripes", 90, 6), ("stripes", 45, 7), ("stripes", 135, 7),
+    ("stripes", 0, 6), ("stripes", 90, 6), ("stripes", 45, 7), ("stripes", 45, 13),
     ("stripes", 0, 12), ("stripes", 90, 12), ("checker", 0, 9), ("checker", 45, 9),
     ("checker", 0, 16), ("dots", 0, 8), ("dots", 45, 13), ("grid", 0, 8),
     ("grid", 0, 14), ("grid", 45, 11), ("waves", 0, 8), ("waves", 90, 8),
@@ -271,6 +270,20 @@ def write_dataset(root: Path, sizes: dict[str, int] | None = None, seed: int = S
     return root
 
 
+def _remove_stale_temporaries(root: Path, max_age_s: float = 3600.0) -> None:
+    """Delete temporary folders of generations interrupted more than `max_age_s` ago."""
+    import time
+
+    if not root.parent.is_dir():
+        return
+    for tmp in root.parent.glob(f".{root.name}.tmp-*"):
+        try:
+            if time.time() - tmp.stat().st_mtime > max_age_s:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def synthetic_root() -> Path:
     return cache_dir() / "synthetic" / f"v{VERSION}"
 
@@ -280,15 +293,10 @@ def ensure_synthetic_dataset(progress: bool = True) -> Path:
     root = synthetic_root()
     if (root / "train.txt").exists() and (root / "val.txt").exists():
         return root
+    _remove_stale_temporaries(root)
     if progress:
         import sys
 
         print(f"generating the synthetic dataset v{VERSION} in {root} ...", file=sys.stderr, flush=True)
     return write_dataset(root)
 
-
-def encode_jpeg(image: np.ndarray) -> bytes:
-    """JPEG bytes as written to the dataset (for tests)."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return buffer.getvalue()

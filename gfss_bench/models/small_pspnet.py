@@ -22,7 +22,7 @@ from gfss_bench.models.segmenter import Segmenter
 class SmallPSPNetConfig:
     num_outputs: int  # B + 1
     stem_channels: int = 24
-    stage_channels: tuple[int, ...] = (32, 64, 96)
+    stage_channels: tuple[int, ...] = (32, 64, 80)
     ppm_channels: int = 24
     ppm_bins: tuple[int, ...] = (1, 2, 3, 6)
     feature_channels: int = 96

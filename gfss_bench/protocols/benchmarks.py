@@ -55,6 +55,7 @@ class Benchmark:
     min_support_pixels: int = OFFICIAL_MIN_SUPPORT_PIXELS
     max_queries: Optional[int] = None  # None: every eligible val image
     shuffle_queries: bool = False
+    batch_size: int = 16  # default number of queries adapted together (memory vs. speed)
 
     @property
     def num_classes(self) -> int:
@@ -125,11 +126,11 @@ _register(Benchmark(
 _register(Benchmark(
     "synthetic5i", "built-in synthetic scenes (no download), 4 folds of 5 novel classes out of 20", "synthetic",
     SYNTHETIC_CLASSES, _contiguous_folds(20, 4), image_size=SYNTHETIC_IMAGE_SIZE,
-    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE)))
+    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE), batch_size=256))
 _register(Benchmark(
     "synthetic10i", "built-in synthetic scenes (no download), equal split: 2 folds of 10 novel classes",
     "synthetic", SYNTHETIC_CLASSES, _contiguous_folds(20, 2), image_size=SYNTHETIC_IMAGE_SIZE,
-    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE)))
+    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE), batch_size=256))
 
 
 def get_benchmark(name: str) -> Benchmark:

@@ -1,0 +1,13 @@
+"""Base segmenters: the interface, a small PSPNet for the synthetic benchmarks, training and the zoo."""
+
+from gfss_bench.models.segmenter import Segmenter
+from gfss_bench.models.small_pspnet import SmallPSPNet, SmallPSPNetConfig, build_small_pspnet
+
+__all__ = ["Segmenter", "SmallPSPNet", "SmallPSPNetConfig", "build_small_pspnet", "builtin_segmenter"]
+
+
+def builtin_segmenter(benchmark_name: str, fold: int, protocol_name: str, device="cpu", progress: bool = True):
+    """The built-in base segmenter of a synthetic benchmark (see gfss_bench.models.zoo)."""
+    from gfss_bench.models.zoo import builtin_segmenter as _builtin
+
+    return _builtin(benchmark_name, fold, protocol_name, device=device, progress=progress)

@@ -1,0 +1,130 @@
+"""SegmentationList / open_split: list parsing, path escaping, errors, pixel counts and their cache."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gfss_bench.benchmark.datasets import SegmentationList, open_split
+from gfss_bench.errors import GFSSError
+from gfss_bench.protocols import get_benchmark
+
+
+def _write_item(root: Path, name: str, label: np.ndarray, mode: str = "P") -> str:
+    (root / "JPEGImages").mkdir(exist_ok=True)
+    (root / "SegmentationClass").mkdir(exist_ok=True)
+    image = np.zeros(label.shape + (3,), dtype=np.uint8)
+    image[..., 0] = 200
+    Image.fromarray(image).save(root / "JPEGImages" / f"{name}.jpg")
+    if mode == "P":
+        png = Image.frombytes("P", label.shape[::-1], label.tobytes())
+        png.putpalette([0, 0, 0] * 256)
+    elif mode == "L":
+        png = Image.fromarray(label)
+    else:
+        png = Image.fromarray(np.stack([label] * 3, -1))
+    png.save(root / "SegmentationClass" / f"{name}.png")
+    return f"JPEGImages/{name}.jpg SegmentationClass/{name}.png\n"
+
+
+@pytest.fixture
+def voc_root(tmp_path):
+    root = tmp_path / "voc"
+    root.mkdir()
+    label_a = np.zeros((6, 8), dtype=np.uint8)
+    label_a[1:3, 2:5] = 7
+    label_a[0, :] = 255
+    label_b = np.full((5, 4), 3, dtype=np.uint8)
+    lines = _write_item(root, "a", label_a) + _write_item(root, "b", label_b, mode="L")
+    (root / "train.txt").write_text(lines)
+    return root
+
+
+def test_reads_images_labels_and_names(voc_root):
+    dataset = SegmentationList(voc_root, voc_root / "train.txt")
+    assert len(dataset) == 2 and dataset.names == ["a", "b"]
+    image = dataset.load_image(0)
+    assert image.shape == (6, 8, 3) and image.dtype == np.uint8 and abs(int(image[..., 0].mean()) - 200) < 5
+    label = dataset.load_label(0)
+    assert label.dtype == np.uint8 and label[1, 2] == 7 and label[0, 0] == 255 and (label == 7).sum() == 6
+    assert dataset.load_label(1).tolist() == [[3] * 4] * 5  # greyscale PNGs work too
+
+
+def test_class_pixel_counts_are_exact_and_cached(voc_root):
+    dataset = SegmentationList(voc_root, voc_root / "train.txt")
+    counts = dataset.class_pixel_counts()
+    assert counts.dtype == np.int64 and counts.shape == (2, 256)
+    assert counts[0, 7] == 6 and counts[0, 255] == 8 and counts[0, 0] == 48 - 14 and counts[1, 3] == 20
+    assert dataset.present_classes(0) == [7] and dataset.present_classes(1) == [3]
+    # Cached: a second list object with the same content reads the cache even when the labels changed.
+    (voc_root / "SegmentationClass" / "b.png").unlink()
+    assert np.array_equal(SegmentationList(voc_root, voc_root / "train.txt").class_pixel_counts(), counts)
+    # A different list file content is a different cache entry.
+    (voc_root / "one.txt").write_text((voc_root / "train.txt").read_text().splitlines()[0] + "\n")
+    assert SegmentationList(voc_root, voc_root / "one.txt").class_pixel_counts().shape == (1, 256)
+
+
+@pytest.mark.parametrize("bad", ["../outside.jpg SegmentationClass/a.png",
+                                 "JPEGImages/a.jpg ../../etc/passwd",
+                                 "/etc/hostname SegmentationClass/a.png",
+                                 "JPEGImages/../../voc2/a.jpg SegmentationClass/a.png"])
+def test_paths_escaping_the_root_are_rejected(voc_root, bad):
+    list_file = voc_root / "bad.txt"
+    list_file.write_text("JPEGImages/a.jpg SegmentationClass/a.png\n" + bad + "\n")
+    with pytest.raises(GFSSError, match=r"bad\.txt, line 2: .*outside the data root"):
+        SegmentationList(voc_root, list_file)
+
+
+def test_symlink_escaping_the_root_is_rejected(voc_root, tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (voc_root / "link").symlink_to(tmp_path / "elsewhere")
+    list_file = voc_root / "bad.txt"
+    list_file.write_text("link/a.jpg SegmentationClass/a.png\n")
+    with pytest.raises(GFSSError, match="outside the data root"):
+        SegmentationList(voc_root, list_file)
+
+
+def test_empty_and_malformed_list_files(voc_root):
+    (voc_root / "empty.txt").write_text("\n\n")
+    with pytest.raises(GFSSError, match="empty.txt lists no images"):
+        SegmentationList(voc_root, voc_root / "empty.txt")
+    (voc_root / "three.txt").write_text("a b c\n")
+    with pytest.raises(GFSSError, match="three.txt, line 1"):
+        SegmentationList(voc_root, voc_root / "three.txt")
+    with pytest.raises(GFSSError, match="missing.txt"):
+        SegmentationList(voc_root, voc_root / "missing.txt")
+
+
+def test_missing_unreadable_and_rgb_files_name_the_file(voc_root):
+    (voc_root / "JPEGImages" / "a.jpg").write_bytes(b"not a jpeg")
+    (voc_root / "SegmentationClass" / "b.png").unlink()
+    dataset = SegmentationList(voc_root, voc_root / "train.txt")
+    with pytest.raises(GFSSError, match=r"a\.jpg.*cannot be read"):
+        dataset.load_image(0)
+    with pytest.raises(GFSSError, match=r"b\.png.*does not exist"):
+        dataset.load_label(1)
+    lines = _write_item(voc_root, "rgb", np.ones((4, 4), np.uint8), mode="RGB")
+    (voc_root / "rgb.txt").write_text(lines)
+    with pytest.raises(GFSSError, match=r"rgb\.png has image mode RGB"):
+        SegmentationList(voc_root, voc_root / "rgb.txt").load_label(0)
+
+
+def test_open_split_pascal_needs_a_data_root(voc_root):
+    benchmark = get_benchmark("pascal5i")
+    with pytest.raises(GFSSError, match="--data-root"):
+        open_split(benchmark, "train")
+    assert open_split(benchmark, "train", voc_root).names == ["a", "b"]
+    with pytest.raises(GFSSError, match="val.txt"):
+        open_split(benchmark, "val", voc_root)
+    with pytest.raises(GFSSError, match="unknown split"):
+        open_split(benchmark, "test", voc_root)
+
+
+def test_open_split_synthetic_uses_the_generated_dataset(monkeypatch, tmp_path):
+    from gfss_bench.benchmark import synthetic
+
+    root = synthetic.write_dataset(tmp_path / "v", sizes={"train": 2, "val": 1})
+    monkeypatch.setattr(synthetic, "ensure_synthetic_dataset", lambda progress=True: root)
+    split = open_split(get_benchmark("synthetic5i"), "val", data_root="/ignored")
+    assert split.root == root and split.names == ["val_00000"]
