@@ -65,8 +65,10 @@ def cli() -> None:
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False),
               help="Where result files are stored.")
 @click.option("--force", is_flag=True, help="Recompute even when a result with the same id is stored.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Dataset folder of a real benchmark (holds val.txt); not needed for the synthetic ones.")
 def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, device, batch_size, option_pairs,
-        results_dir, force):
+        results_dir, force, data_root):
     """Evaluate methods on seeded GFSS episodes and store the results."""
     from gfss_bench.benchmark.runner import RunSpec, execute, resolve_device
     from gfss_bench.protocols import get_benchmark
@@ -94,6 +96,7 @@ def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, dev
                     specs.append(RunSpec.create(method, benchmark, fold, protocol, shot, options[method],
                                                 runs=runs, seed=seed, convention=convention, device=device_name))
     results = execute(specs, ResultStore(results_dir), batch_size=batch_size, force=force,
+                      data_root=Path(data_root) if data_root else None,
                       log=lambda message: err_console.print(f"[dim]{message}[/]"))
     print_leaderboard(leaderboard(results), console)
 

@@ -1,4 +1,4 @@
-"""A shared rich progress bar (quiet when not attached to a terminal unless forced)."""
+"""A shared rich progress bar on stderr; hidden when stderr is not a terminal (logs stay clean)."""
 
 from __future__ import annotations
 
@@ -10,4 +10,4 @@ console = Console(stderr=True)
 
 def progress_bar(transient: bool = True) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, transient=transient)
+                    TimeRemainingColumn(), console=console, transient=transient, disable=not console.is_terminal)

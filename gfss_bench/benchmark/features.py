@@ -23,7 +23,7 @@ class _PreparedImages(Dataset):
 
     def __getitem__(self, position: int):
         index = self.indices[position]
-        image, label = resize_and_pad(self.split.load_image(index), self.split.load_label(index), self.image_size)
+        image, label = resize_and_pad(*self.split.load(index), self.image_size)
         return image, label.to(torch.uint8)
 
 

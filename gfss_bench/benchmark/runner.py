@@ -137,11 +137,11 @@ class EvaluationData:
 
 
 def _load_evaluation_data(spec: RunSpec, device: torch.device, batch_size: int,
-                          segmenter_loader: Callable) -> EvaluationData:
+                          segmenter_loader: Callable, data_root: Optional[Path]) -> EvaluationData:
     from gfss_bench.benchmark.datasets import open_split
 
     benchmark = get_benchmark(spec.benchmark)
-    split = open_split(benchmark, "val")
+    split = open_split(benchmark, "val", data_root)
     pixel_counts = split.class_pixel_counts()
     unknown = np.flatnonzero(pixel_counts[:, benchmark.num_classes + 1:255].sum(axis=0)) + benchmark.num_classes + 1
     if unknown.size:
@@ -225,7 +225,7 @@ def _aggregate(per_run: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 
 def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: Optional[int] = None, force: bool = False,
-            segmenter_loader: Callable = builtin_segmenter_loader,
+            segmenter_loader: Callable = builtin_segmenter_loader, data_root: Optional[Path] = None,
             log: Callable[[str], None] = lambda message: None) -> list[dict]:
     """Evaluate every spec not yet stored (or all with `force`); return the results of all specs."""
     specs = list(dict.fromkeys(specs))
@@ -244,7 +244,7 @@ def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: Optiona
         device = resolve_device(group[0].device)
         group_batch_size = batch_size if batch_size is not None else get_benchmark(group[0].benchmark).batch_size
         started = time.perf_counter()
-        data = _load_evaluation_data(group[0], device, group_batch_size, segmenter_loader)
+        data = _load_evaluation_data(group[0], device, group_batch_size, segmenter_loader, data_root)
         shared_seconds = time.perf_counter() - started
         for spec in group:
             result = _evaluate_spec(spec, data, device, group_batch_size)

@@ -152,8 +152,9 @@ def builtin_segmenter(benchmark_name: str, fold: int, protocol_name: str, device
     benchmark = get_benchmark(benchmark_name)
     if benchmark.dataset != "synthetic":
         raise GFSSError(
-            f"there is no built-in segmenter for {benchmark_name!r}; pass a checkpoint of a base segmenter "
-            "trained on its base classes (e.g. DIaM's PSPNet-ResNet50) instead")
+            f"there is no built-in segmenter for {benchmark_name!r}: real benchmarks need a base segmenter "
+            "trained on their base classes (e.g. DIaM's PSPNet-ResNet50), and loading such checkpoints is not "
+            "available yet; use synthetic5i or synthetic10i")
     digest = config_hash(benchmark_name, fold, protocol_name)
     name = weights_name(benchmark_name, fold, protocol_name)
     shipped = WEIGHTS_DIR / f"{name}.pt"
