@@ -110,22 +110,161 @@ def _choice(option: str, resolve, value):
         raise GFSSError(message if message.startswith("--") else f"{option}: {message}") from None
 
 
-@cli.command()
-@click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
-@click.option("--format", "output_format", type=click.Choice(["table", "csv"]), default="table", show_default=True)
-def report(results_dir, output_format):
-    """Show every stored result as a leaderboard (fold means per method)."""
-    from gfss_bench.results.report import leaderboard, print_leaderboard, to_csv
+def _result_filters(command):
+    """--results-dir and the filters shared by report, export and plot."""
+    for decorator in reversed([
+        click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False),
+                     help="Where result files are stored."),
+        click.option("--benchmark", "-b", "benchmarks", multiple=True, help="Only this benchmark (repeatable)."),
+        click.option("--protocol", "-p", "protocols", multiple=True, help="Only this protocol (repeatable)."),
+        click.option("--shot", "-k", "shots", multiple=True, type=int, help="Only this shot count (repeatable)."),
+        click.option("--method", "-m", "methods", multiple=True,
+                     help="Only this method: a name (all its settings) or a full label such as "
+                          "'diam(pi_strategy=uniform)' (repeatable)."),
+        click.option("--convention", "conventions", multiple=True, help="Only this metric convention (repeatable)."),
+    ]):
+        command = decorator(command)
+    return command
+
+
+def _load_results(results_dir, benchmarks, protocols, shots, methods, conventions) -> list[dict]:
+    from gfss_bench.results.report import filter_results
     from gfss_bench.results.store import ResultStore
 
     results, problems = ResultStore(results_dir).load_all()
     for problem in problems:
         err_console.print(f"[red]skipped {problem.path}: {problem.reason}[/]")
-    board = leaderboard(results)
+    return filter_results(results, benchmarks, protocols, shots, methods, conventions)
+
+
+SORT_CHOICES = ["hm", "base", "novel", "mean", "total", "method"]
+
+
+@cli.command()
+@_result_filters
+@click.option("--format", "output_format", type=click.Choice(["table", "csv"]), default="table", show_default=True)
+@click.option("--sort", "sort_by", type=click.Choice(SORT_CHOICES), default="hm", show_default=True,
+              help="Order rows by this metric (best first) or by method name.")
+@click.option("--per-fold", is_flag=True, help="Also show the fold breakdown (mean ± std over each fold's runs).")
+@click.option("--per-class", is_flag=True, help="Also show per-class IoU per fold, from the stored confusion matrices.")
+@click.option("--published", is_flag=True,
+              help="Add the published results (same benchmark, protocol, convention, shot) and the gap to them.")
+@click.option("--compare", nargs=2, metavar="A B", default=None,
+              help="Paired per-run differences A - B with a 95% t-interval, instead of the leaderboard.")
+def report(results_dir, benchmarks, protocols, shots, methods, conventions, output_format, sort_by, per_fold,
+           per_class, published, compare):
+    """Show stored results as a leaderboard (fold means per method, ± std over runs)."""
+    from gfss_bench.results import report as rep
+
+    results = _load_results(results_dir, benchmarks, protocols, shots, methods, conventions)
+    if compare:
+        from gfss_bench.results.compare import paired_differences, print_comparison, summarize
+
+        a, b = compare
+        pairs, mismatched = paired_differences(results, a, b)
+        summary = summarize(pairs)
+        if output_format == "csv":
+            click.echo(summary.to_csv(index=False, float_format="%.4f"), nl=False)
+        else:
+            print_comparison(pairs, summary, a, b, mismatched, console)
+        return
+    board = rep.sort_board(rep.leaderboard(results), sort_by)
     if output_format == "csv":
-        click.echo(to_csv(board), nl=False)
+        if per_class:
+            click.echo(rep.per_class_frame(results).to_csv(index=False, float_format="%.2f"), nl=False)
+        elif per_fold:
+            click.echo(rep.fold_rows(results).to_csv(index=False, float_format="%.2f"), nl=False)
+        else:
+            if published:
+                from gfss_bench.results.published import published_rows
+                refs = published_rows().assign(published=True)
+                board = board.assign(published=False)
+                keys = set(map(tuple, board[rep.GROUP_COLUMNS].astype(str).values))
+                refs = refs[[tuple(map(str, k)) in keys for k in refs[rep.GROUP_COLUMNS].values]]
+                board = rep.pd.concat([board, refs.rename(columns={"label": "paper"})], ignore_index=True)
+            click.echo(rep.to_csv(board), nl=False)
+        return
+    refs = None
+    if published:
+        from gfss_bench.results.published import published_rows
+        refs = published_rows()
+    rep.print_leaderboard(board, console, sort=sort_by, published=refs)
+    if per_fold:
+        rep.print_per_fold(rep.fold_rows(results), console)
+    if per_class:
+        rep.print_per_class(rep.per_class_frame(results), console)
+
+
+@cli.command()
+@_result_filters
+@click.option("--format", "output_format", type=click.Choice(["csv", "latex", "markdown", "json", "html"]),
+              default="csv", show_default=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Write here instead of stdout. For csv, the tidy file goes to PATH and the aggregated one "
+                   "to PATH with '-aggregated' added before the suffix.")
+@click.option("--aggregated", is_flag=True, help="csv to stdout: the aggregated table instead of the tidy one.")
+@click.option("--std", is_flag=True, help="latex/markdown: add ± std over runs to every value.")
+@click.option("--sort", "sort_by", type=click.Choice(SORT_CHOICES), default="hm", show_default=True)
+@click.option("--published", is_flag=True, help="latex/markdown/html: add the published reference rows.")
+def export(results_dir, benchmarks, protocols, shots, methods, conventions, output_format, out_path, aggregated,
+           std, sort_by, published):
+    """Export stored results: tidy + aggregated CSV, LaTeX (booktabs), Markdown, JSON or a static HTML page."""
+    from gfss_bench.paths import atomic_write_text
+    from gfss_bench.results import exports
+
+    results = _load_results(results_dir, benchmarks, protocols, shots, methods, conventions)
+    refs = None
+    if published:
+        from gfss_bench.results.published import published_rows
+        refs = published_rows()
+    if output_format == "csv":
+        if out_path:
+            path = Path(out_path)
+            aggregated_path = path.with_name(f"{path.stem}-aggregated{path.suffix or '.csv'}")
+            atomic_write_text(path, exports.tidy_csv(results))
+            atomic_write_text(aggregated_path, exports.aggregated_csv(results, sort_by))
+            err_console.print(f"wrote {path} (one row per method x fold x run) and {aggregated_path} (fold means)")
+            return
+        text = exports.aggregated_csv(results, sort_by) if aggregated else exports.tidy_csv(results)
+    elif output_format == "latex":
+        text = exports.latex(results, std=std, sort=sort_by, published=refs)
+    elif output_format == "markdown":
+        text = exports.markdown(results, std=std, sort=sort_by, published=refs)
+    elif output_format == "json":
+        text = exports.json_export(results, sort=sort_by)
     else:
-        print_leaderboard(board, console)
+        from gfss_bench.results.html import html_page
+        text = html_page(results, sort=sort_by, published=refs)
+    if out_path:
+        atomic_write_text(Path(out_path), text)
+        err_console.print(f"wrote {out_path}")
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@_result_filters
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["bars", "shots", "tradeoff", "classes", "all"]),
+              default=("all",), show_default=True,
+              help="bars: base/novel/HM per method; shots: novel mIoU vs. shots; tradeoff: base vs. novel with "
+                   "iso-HM curves; classes: per-class IoU heat-map per fold (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="plots", show_default=True,
+              help="Folder for the figures.")
+def plot(results_dir, benchmarks, protocols, shots, methods, conventions, kinds, fmt, out_dir):
+    """Draw figures from stored results (one file per figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from gfss_bench.results.plots import KINDS, make_figures, save_figures
+
+    results = _load_results(results_dir, benchmarks, protocols, shots, methods, conventions)
+    selected = KINDS if "all" in kinds else tuple(kinds)
+    paths = save_figures(make_figures(results, selected), out_dir, fmt)
+    if not paths:
+        err_console.print("no figures: no stored results match (or, for shots, only one shot count is stored)")
+    for path in paths:
+        console.print(str(path), highlight=False)
 
 
 @cli.command(name="list")

@@ -106,7 +106,7 @@ def resolve_device(name: str) -> torch.device:
 def provenance(device: torch.device) -> dict[str, Any]:
     """Where and with what a result was computed."""
     versions = {"python": platform.python_version()}
-    for package in ("gfss-bench", "torch", "torchvision", "numpy"):
+    for package in ("gfss-bench", "torch", "torchvision", "numpy", "scikit-learn"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -171,11 +171,16 @@ def builtin_segmenter_loader(spec: RunSpec, device: torch.device):
 
 def score_probabilities(probs: torch.Tensor, labels: torch.Tensor, num_classes: int, chunk: int = 16
                         ) -> torch.Tensor:
-    """Upsample [Q, K, h, w] probabilities bilinearly (align_corners=True) to the label size, argmax, count."""
+    """Upsample [Q, K, h, w] probabilities bilinearly (align_corners=True) to the label size, argmax, count.
+
+    Probabilities already at the label size (methods that decide at label resolution) are used as they are.
+    """
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    at_label_size = tuple(probs.shape[-2:]) == tuple(labels.shape[-2:])
     for start in range(0, probs.shape[0], chunk):
-        upsampled = F.interpolate(probs[start:start + chunk], size=labels.shape[-2:], mode="bilinear",
-                                  align_corners=True)
+        upsampled = probs[start:start + chunk]
+        if not at_label_size:
+            upsampled = F.interpolate(upsampled, size=labels.shape[-2:], mode="bilinear", align_corners=True)
         confusion += confusion_matrix(upsampled.argmax(1), labels[start:start + chunk], num_classes)
     return confusion
 
@@ -183,7 +188,8 @@ def score_probabilities(probs: torch.Tensor, labels: torch.Tensor, num_classes: 
 def evaluate_episode(method: Method, data: EvaluationData, spec: RunSpec, episode: Episode,
                      device: torch.device, batch_size: int, on_batch: Callable[[int], None] = lambda n: None
                      ) -> torch.Tensor:
-    """The confusion matrix of one method on one episode (queries adapted in batches)."""
+    """The confusion matrix of one method on one episode: the method is fitted once on the episode's
+    support set (a task without queries), then predicts the queries batch by batch."""
     benchmark, protocol = data.benchmark, get_protocol(spec.protocol)
     num_classes = len(benchmark.episode_classes(spec.fold))
     query_lut = torch.from_numpy(benchmark.episode_label_lut(spec.fold).astype(np.int64))
@@ -194,6 +200,7 @@ def evaluate_episode(method: Method, data: EvaluationData, spec: RunSpec, episod
     support_features = support_features.reshape(n, k, *support_features.shape[1:]).to(device)
     support_labels = support_lut[support_labels.long()].reshape(n, k, *support_labels.shape[1:]).to(device)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    fitted = None
     for start in range(0, len(episode.queries), batch_size):
         batch = episode.queries[start:start + batch_size]
         query_features, query_labels = data.features.select(batch)
@@ -202,7 +209,10 @@ def evaluate_episode(method: Method, data: EvaluationData, spec: RunSpec, episod
                     support_features=support_features, support_labels=support_labels,
                     query_features=query_features.to(device), query_valid=(query_labels != 255).to(device),
                     query_labels=query_labels.to(device) if method.is_oracle else None, seed=episode.seed)
-        probs = method.predict(task)
+        if fitted is None:
+            fitted = method.fit(dataclasses.replace(task, query_features=task.query_features[:0],
+                                                    query_valid=task.query_valid[:0], query_labels=None))
+        probs = fitted.predict(task)
         if not torch.isfinite(probs).all():
             raise GFSSError(f"method {spec.method!r} produced NaN/inf probabilities on {benchmark.name} fold "
                             f"{spec.fold} run {episode.run} (queries {start}..{start + len(batch) - 1}); "

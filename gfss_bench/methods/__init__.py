@@ -1,6 +1,6 @@
 """GFSS methods: the Task/Method contract and a registry with one module per method."""
 
-from gfss_bench.methods.contract import METHODS, Method, Task, build_method, register_method
-from gfss_bench.methods import base, diam, finetune, imprint  # noqa: F401  (registers the methods)
+from gfss_bench.methods.contract import METHODS, Fitted, Method, Task, build_method, register_method
+from gfss_bench.methods import base, bcm, diam, finetune, imprint  # noqa: F401  (registers the methods)
 
-__all__ = ["METHODS", "Method", "Task", "build_method", "register_method"]
+__all__ = ["METHODS", "Fitted", "Method", "Task", "build_method", "register_method"]

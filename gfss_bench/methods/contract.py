@@ -52,8 +52,40 @@ class Task:
         return self.support_features.shape[1]
 
 
+class Fitted:
+    """What `Method.fit` returns: predicts query batches that share the support set it was fitted on.
+
+    `predict(task)` reads the query fields of `task` (its support fields are those given to `fit`).
+    """
+
+    def predict(self, task: Task) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _PerBatch(Fitted):
+    """The default fit: nothing is fitted ahead; every batch is the method's own `predict`."""
+
+    def __init__(self, method: "Method"):
+        self.method = method
+
+    def predict(self, task: Task) -> torch.Tensor:
+        return self.method.predict(task)
+
+
 class Method:
-    """Base class of registered methods (subclasses are dataclasses of their options)."""
+    """Base class of registered methods (subclasses are dataclasses of their options).
+
+    Two entry points, with identical results: `predict(task)` for one task, and `fit(task)` once per
+    support set followed by `Fitted.predict(task)` for each query batch (what the runner does).
+    `fit` may read only the base classifier, the support fields and `seed` of its task (the runner
+    passes a task with zero queries). A method implements `predict` (transductive methods, which adapt
+    per query batch; `fit` then defers to it) or `fit` (inductive methods; `predict` then fits and
+    predicts).
+
+    Output: probabilities [Q, B+1+N, h, w] at feature resolution, which the runner upsamples
+    (bilinear, align_corners=True) to the label size before the argmax, or [Q, B+1+N, H, W] at the
+    label size of `query_valid`, which the runner scores as they are.
+    """
 
     name: ClassVar[str] = ""
 
@@ -65,9 +97,15 @@ class Method:
     def validate(self) -> None:
         """Check option values; raise GFSSError naming the option and what is allowed."""
 
+    def fit(self, task: Task) -> Fitted:
+        """Fit on the task's support set; the default fits nothing and predicts batch by batch."""
+        return _PerBatch(self)
+
     def predict(self, task: Task) -> torch.Tensor:
-        """Softmax probabilities [Q, B+1+N, h, w] for the task's queries."""
-        raise NotImplementedError
+        """Probabilities [Q, B+1+N, h, w] (or [Q, B+1+N, H, W]) for the task's queries."""
+        if type(self).fit is Method.fit:
+            raise NotImplementedError(f"method {self.name!r} implements neither predict nor fit")
+        return self.fit(task).predict(task)
 
     def options(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]

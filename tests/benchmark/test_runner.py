@@ -86,3 +86,56 @@ def test_scoring_upsamples_and_ignores():
     # align_corners=True: the middle row is a tie between rows -> argmax picks the first (class 1)
     assert confusion[1, 1] == 4 and confusion[2, 1] == 1 and confusion[2, 2] == 3
     assert confusion.sum() == 8
+
+
+def test_scoring_takes_label_size_probabilities_as_they_are(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(2, 4, 5, 6, generator=gen), 1)
+    labels = torch.randint(0, 4, (2, 5, 6), generator=gen)
+    labels[0, 0, :] = 255
+
+    def no_resampling(*args, **kwargs):
+        raise AssertionError("label-size probabilities must not be resampled")
+
+    monkeypatch.setattr("gfss_bench.benchmark.runner.F.interpolate", no_resampling)
+    confusion = score_probabilities(probs, labels, 4)
+    pred, valid = probs.argmax(1), labels != 255
+    expected = torch.zeros(4, 4, dtype=torch.int64)
+    for t, p in zip(labels[valid].tolist(), pred[valid].tolist()):
+        expected[t, p] += 1
+    assert torch.equal(confusion, expected)
+
+
+def test_runner_fits_once_per_episode_and_predicts_every_batch(tmp_path, monkeypatch):
+    from gfss_bench.methods import build_method
+
+    class Counting:
+        """Wraps `base`: counts fit calls and the batches each fitted object predicts."""
+
+        is_oracle = False
+
+        def __init__(self):
+            self.inner = build_method("base")
+            self.fits, self.batches = [], []
+
+        def fit(self, task):
+            assert task.query_features.shape[0] == 0 and task.query_labels is None  # support only
+            self.fits.append(task.support_features.shape)
+            fitted = self.inner.fit(task)
+            outer = self
+
+            class Fitted:
+                def predict(self, batch):
+                    outer.batches.append(batch.query_features.shape[0])
+                    return fitted.predict(batch)
+
+            return Fitted()
+
+    counting = Counting()
+    monkeypatch.setattr(RunSpec, "build", lambda self: counting)
+    spec = RunSpec.create("base", "synthetic5i", 2, "practical", 1, runs=2)
+    [result] = execute([spec], ResultStore(tmp_path), batch_size=40, segmenter_loader=CountingLoader())
+    assert len(counting.fits) == 2  # one fit per run (episode)
+    queries = sum(r["num_queries"] for r in result["runs"])
+    assert sum(counting.batches) == queries and max(counting.batches) == 40
+    assert len(counting.batches) == sum(-(-r["num_queries"] // 40) for r in result["runs"])

@@ -1,0 +1,166 @@
+"""Figures for papers (matplotlib, no display needed): grouped bars, novel mIoU vs. shots, the base-vs-novel
+trade-off with iso-HM curves, and per-class IoU heat-maps.
+
+Colours are the Okabe-Ito palette (distinguishable with the common colour-vision deficiencies) and every
+series also differs by hatch or marker, so figures survive greyscale printing. Every builder returns a
+`matplotlib.figure.Figure` (never pyplot state), so callers and tests can inspect the artists.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from gfss_bench.results.report import GROUP_COLUMNS, leaderboard, per_class_frame, per_class_matrix, row_label
+
+OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
+METRIC_STYLE = {  # metric column -> (legend label, colour, hatch)
+    "base_miou": ("base mIoU", "#0072B2", ""),
+    "novel_miou": ("novel mIoU", "#D55E00", "//"),
+    "hm_miou": ("harmonic mean", "#009E73", ".."),
+}
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+KINDS = ("bars", "shots", "tradeoff", "classes")
+
+
+def _title(benchmark, protocol, convention, shot=None) -> str:
+    shot_text = f" · {shot}-shot" if shot is not None else ""
+    return f"{benchmark} · {protocol}{shot_text} · {convention} convention"
+
+
+def _labels(group: pd.DataFrame) -> list[str]:
+    return [row_label(row) + ("" if row["complete"] else " (incomplete)") for _, row in group.iterrows()]
+
+
+def bars_figure(group: pd.DataFrame, title: str = "") -> Figure:
+    """Grouped bars: per method, base / novel / HM mIoU (fold means) with ± std over runs as error bars."""
+    group = group.sort_values("hm_miou", ascending=False, kind="stable")
+    labels = _labels(group)
+    figure = Figure(figsize=(max(4.0, 1.3 * len(group) + 1.5), 3.6), layout="constrained")
+    ax = figure.add_subplot()
+    x = np.arange(len(group))
+    width = 0.26
+    for i, (metric, (name, colour, hatch)) in enumerate(METRIC_STYLE.items()):
+        std = group[f"{metric[:-5]}_std"].to_numpy(dtype=float)
+        ax.bar(x + (i - 1) * width, group[metric].to_numpy(dtype=float), width, label=name, color=colour,
+               hatch=hatch, edgecolor="white", linewidth=0.5,
+               yerr=np.where(np.isnan(std), 0, std), capsize=2, error_kw={"linewidth": 0.8})
+    ax.set_xticks(x, labels, rotation=20 if len(group) > 3 else 0, ha="right" if len(group) > 3 else "center")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, ncols=3, loc="upper right", frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    return figure
+
+
+def shots_figure(board: pd.DataFrame, title: str = "") -> Figure:
+    """Novel mIoU (fold means, ± std over runs) against the number of shots, one line per method."""
+    figure = Figure(figsize=(4.8, 3.6), layout="constrained")
+    ax = figure.add_subplot()
+    board = board.assign(label=[row_label(r) for _, r in board.iterrows()])
+    for i, (label, rows) in enumerate(board.groupby("label", sort=True)):
+        rows = rows.sort_values("shot")
+        std = rows["novel_std"].to_numpy(dtype=float)
+        ax.errorbar(rows["shot"].to_numpy(), rows["novel_miou"].to_numpy(dtype=float),
+                    yerr=np.where(np.isnan(std), 0, std), label=label, color=OKABE_ITO[i % len(OKABE_ITO)],
+                    marker=MARKERS[i % len(MARKERS)], capsize=3, linewidth=1.5)
+    shots = sorted(board["shot"].unique())
+    ax.set_xticks(shots, [str(s) for s in shots])
+    ax.set_xlabel("shots per novel class (K)")
+    ax.set_ylabel("novel mIoU (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return figure
+
+
+def tradeoff_figure(group: pd.DataFrame, title: str = "", iso_hm: Sequence[float] = (20, 40, 60, 80)) -> Figure:
+    """Base vs. novel mIoU, one point per method, with dashed curves of constant harmonic mean."""
+    figure = Figure(figsize=(4.8, 4.2), layout="constrained")
+    ax = figure.add_subplot()
+    for h in iso_hm:
+        base = np.linspace(h / 2 + 1e-3, 100, 400)
+        novel = h * base / (2 * base - h)
+        keep = novel <= 100
+        ax.plot(base[keep], novel[keep], linestyle="--", color="0.6", linewidth=0.8, gid="iso-hm")
+        ax.annotate(f"HM={h:g}", (100, h * 100 / (200 - h)), fontsize=7, color="0.4", ha="right", va="bottom")
+    for i, (label, (_, row)) in enumerate(zip(_labels(group), group.iterrows())):
+        ax.scatter([row["base_miou"]], [row["novel_miou"]], s=45, label=label, color=OKABE_ITO[i % len(OKABE_ITO)],
+                   marker=MARKERS[i % len(MARKERS)], edgecolors="black", linewidths=0.5, zorder=3)
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("base mIoU (%)")
+    ax.set_ylabel("novel mIoU (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    return figure
+
+
+def class_heatmap_figure(frame: pd.DataFrame, title: str = "") -> Figure:
+    """Per-class IoU of one fold: methods (rows) x episode classes (columns); novel classes in bold."""
+    matrix = per_class_matrix(frame)
+    values = matrix.to_numpy(dtype=float).T                     # methods x classes
+    names = [str(name) for name in matrix.index.get_level_values("class_name")]
+    roles = list(matrix.index.get_level_values("role"))
+    figure = Figure(figsize=(max(5.0, 0.32 * len(names) + 2.5), 1.0 + 0.45 * len(matrix.columns) + 1.2),
+                    layout="constrained")
+    ax = figure.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    for tick, role in zip(ax.get_xticklabels(), roles):
+        if role == "novel":
+            tick.set_fontweight("bold")
+            tick.set_color("#D55E00")
+    ax.set_yticks(range(len(matrix.columns)), [str(c) for c in matrix.columns], fontsize=8)
+    ax.set_xlabel("class (novel classes in bold orange)")
+    ax.set_title(title, fontsize=9)
+    figure.colorbar(image, ax=ax, label="IoU (%)", fraction=0.04)
+    return figure
+
+
+def make_figures(results: Iterable[dict], kinds: Sequence[str] = KINDS) -> list[tuple[str, Figure]]:
+    """All requested figures for the results, as (file stem, Figure) pairs."""
+    results = list(results)
+    board = leaderboard(results)
+    figures: list[tuple[str, Figure]] = []
+    if board.empty:
+        return figures
+    if "bars" in kinds or "tradeoff" in kinds:
+        for key, group in board.groupby(GROUP_COLUMNS, sort=True):
+            benchmark, protocol, convention, shot = key
+            stem = f"{benchmark}-{protocol}-{shot}shot-{convention}"
+            if "bars" in kinds:
+                figures.append((f"bars-{stem}", bars_figure(group, _title(*key))))
+            if "tradeoff" in kinds:
+                figures.append((f"tradeoff-{stem}", tradeoff_figure(group, _title(*key))))
+    if "shots" in kinds:
+        for key, group in board.groupby(["benchmark", "protocol", "convention"], sort=True):
+            if group["shot"].nunique() > 1:
+                figures.append((f"shots-{'-'.join(key)}", shots_figure(group, _title(*key))))
+    if "classes" in kinds:
+        classes = per_class_frame(results)
+        if not classes.empty:
+            for key, group in classes.groupby(GROUP_COLUMNS + ["fold"], sort=True):
+                benchmark, protocol, convention, shot, fold = key
+                figures.append((f"classes-{benchmark}-{protocol}-{shot}shot-{convention}-fold{fold}",
+                                class_heatmap_figure(group, f"{_title(*key[:4])} · fold {fold}: per-class IoU")))
+    return figures
+
+
+def save_figures(figures: Iterable[tuple[str, Figure]], out_dir: Path | str, fmt: str = "png",
+                 dpi: int = 200) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stem, figure in figures:
+        path = out_dir / f"{stem}.{fmt}"
+        figure.savefig(path, dpi=dpi, metadata={"Software": "gfss-bench"} if fmt == "png" else None)
+        paths.append(path)
+    return paths

@@ -1,0 +1,267 @@
+"""BCM against a scikit-learn pipeline written out by hand (GridSearchCV, brute-force mapping table),
+the ensemble weighting on a toy case, background down-sampling and reproducibility."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+from gfss_bench.errors import GFSSError
+from gfss_bench.methods import build_method
+from gfss_bench.methods.bcm import BCMFitted, Entry, Head, downsample_background
+from tests.methods.tasks import make_task
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
+def task_for(shots, seed, **kwargs):
+    """A small task whose queries are the first support image of each novel class (features only)."""
+    task = make_task(shots=shots, seed=seed, num_base=4, num_novel=3, channels=12, feat=8, label=32,
+                     queries=3, **kwargs)
+    return dataclasses.replace(task, query_features=task.support_features[:, 0].clone())
+
+
+# ---------------------------------------------------------------- reference, written independently
+
+def ref_small_labels(task):
+    n, k, _, h, w = task.support_features.shape
+    H, W = task.support_labels.shape[-2:]
+    # nearest (F.interpolate's 'nearest'): source index floor(dst * in / out)
+    rows = [int(np.floor(y * H / h)) for y in range(h)]
+    cols = [int(np.floor(x * W / w)) for x in range(w)]
+    return task.support_labels[:, :, rows][:, :, :, cols].numpy()
+
+
+def ref_table(task):
+    nb = task.num_base_and_bg
+    small = ref_small_labels(task)
+    feats = task.support_features.double().numpy()
+    wb, bb = task.base_weight.double().numpy(), task.base_bias.double().numpy()
+    table = {}
+    for j in range(task.num_novel):
+        counts = np.zeros(nb, dtype=int)
+        for n, s, y, x in zip(*np.nonzero(small == nb + j)):
+            counts[int(np.argmax(feats[n, s, :, y, x] @ wb + bb))] += 1
+        if counts.sum():
+            best = min(i for i in range(nb) if counts[i] == counts.max())
+            table.setdefault(best, []).append(nb + j)
+    return dict(sorted(table.items()))
+
+
+def softmax_decision(d):
+    d = np.stack([-d, d], 1) if d.ndim == 1 else d
+    e = np.exp(d - d.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def ap_scorer(estimator, x, y):
+    probs = softmax_decision(estimator.decision_function(x))
+    cls = list(estimator.classes_)
+    return np.mean([average_precision_score(y == c, probs[:, cls.index(c)]) for c in np.unique(y)])
+
+
+def ref_fit(x, y, grid):
+    splits = min(5, np.bincount(y)[np.unique(y)].min())
+    search = GridSearchCV(LogisticRegression(max_iter=100, tol=1e-4), {"C": list(grid)}, scoring=ap_scorer,
+                          cv=StratifiedKFold(splits, shuffle=False), refit=True)
+    search.fit(x, y)
+    return search.best_params_["C"], search.best_estimator_, splits
+
+
+def ref_bcm(task, beta=0.5):
+    """The whole method (bg_sampling off): table, heads (GridSearchCV), ensemble and label-res decision."""
+    nb, kc = task.num_base_and_bg, task.num_classes
+    n, shots, c, h, w = task.support_features.shape
+    table = ref_table(task)
+    small = ref_small_labels(task)
+    grid = np.logspace(-5, 5, 10)
+    feats = task.support_features.double().numpy() ** beta
+    heads = {}
+    qf = task.query_features.double()
+    size = task.query_valid.shape[-2:]
+    base = torch.softmax(torch.einsum("qchw,cb->qbhw", qf, task.base_weight.double())
+                         + task.base_bias.double().view(1, -1, 1, 1), 1)
+    y0 = F.interpolate(base, size=size, mode="bilinear", align_corners=True).argmax(1)
+    pred = y0.clone()
+    xq = (qf ** beta).permute(0, 2, 3, 1).reshape(-1, c).numpy()
+    for k, novel in table.items():
+        models = []
+        for shot in ([None] + list(range(shots)) if shots > 1 else [None]):
+            xs, ys = [], []
+            for img in range(n):
+                for s in (range(shots) if shot is None else [shot]):
+                    for yy in range(h):
+                        for xx in range(w):
+                            lab = small[img, s, yy, xx]
+                            if lab == 255:
+                                continue
+                            xs.append(feats[img, s, :, yy, xx])
+                            ys.append(novel.index(lab) + 1 if lab in novel else 0)
+            x, y = np.array(xs), np.array(ys)
+            if len(np.unique(y)) < 2:
+                continue
+            C, model, splits = ref_fit(x, y, grid)
+            models.append((shot, C, model, splits, float(shots) if shot is None and shots > 1 else 1.0))
+        heads[k] = models
+        acc = np.zeros((xq.shape[0], len(novel) + 1))
+        tot = np.zeros(len(novel) + 1)
+        for shot, C, model, splits, weight in models:
+            acc[:, model.classes_] += weight * softmax_decision(model.decision_function(xq))
+            tot[model.classes_] += weight
+        q = torch.from_numpy(acc / tot).view(qf.shape[0], h, w, -1).permute(0, 3, 1, 2)
+        a = F.interpolate(q, size=size, mode="bilinear", align_corners=True).argmax(1)
+        for pos, label in enumerate(novel, start=1):
+            pred[(y0 == k) & (a == pos)] = label
+    return table, heads, pred
+
+
+@pytest.mark.parametrize("shots,seed", [(1, 0), (2, 2)])
+def test_matches_hand_written_sklearn_pipeline(shots, seed):
+    task = task_for(shots, seed)
+    fitted = build_method("bcm", bg_sampling=False).fit(task)
+    table, heads, pred = ref_bcm(task)
+    assert fitted.table == {k: tuple(v) for k, v in table.items()}
+    assert sorted(len(v) for v in table.values()) == [1, 2]  # a binary and a multinomial head
+    used_full_cv = False
+    for entry in fitted.entries:
+        ref = heads[entry.k]
+        assert [h.shot for h in entry.heads] == [r[0] for r in ref]
+        for head, (shot, C, model, splits, weight) in zip(entry.heads, ref):
+            assert head.C == pytest.approx(C) and head.weight == weight
+            assert head.classes == tuple(model.classes_)
+            coef = model.coef_ if len(model.classes_) > 2 else np.concatenate([-model.coef_, model.coef_])
+            assert np.allclose(head.coef, coef, atol=1e-6)
+            used_full_cv |= splits == 5
+    assert used_full_cv
+    probs = build_method("bcm", bg_sampling=False).predict(task)
+    assert probs.shape == (3, task.num_classes, 32, 32)
+    assert torch.equal(probs.argmax(1), pred)
+    assert bool((pred >= task.num_base_and_bg).any())  # not vacuous: novel classes are predicted
+
+
+def test_mapping_ties_go_to_the_smaller_index():
+    task = task_for(1, 4)
+    nb = task.num_base_and_bg
+    c = task.base_weight.shape[0]
+    # base classifier that predicts class 2 on the left half and class 1 on the right half of every support
+    weight = torch.zeros(c, nb)
+    weight[0, 1], weight[1, 2] = 1.0, 1.0
+    feats = torch.zeros_like(task.support_features)
+    feats[..., 0, :, 4:] = 1.0  # right half -> class 1
+    feats[..., 1, :, :4] = 1.0  # left half -> class 2
+    labels = torch.zeros_like(task.support_labels)
+    for j in range(task.num_novel):
+        labels[j, 0, 8:24, 8:24] = nb + j  # symmetric: as many pixels on each side
+    tied = dataclasses.replace(task, base_weight=weight, base_bias=torch.zeros(nb), support_features=feats,
+                               support_labels=labels)
+    assert build_method("bcm").fit(tied).table == {1: tuple(range(nb, nb + task.num_novel))}
+
+
+def test_ensemble_weighting_by_hand():
+    # k = 0 with T[0] = (5, 6): the all-shot model (weight K = 2) saw {0, 1, 2}, shot 0 saw {0, 1},
+    # shot 1 saw {0, 2}; features are one pixel with x = 1 so logits are coef + intercept
+    def head(classes, logits, weight, shot):
+        return Head(classes, np.array(logits, dtype=float).reshape(-1, 1), np.zeros(len(classes)), 1.0, weight, shot)
+
+    full = head((0, 1, 2), [0.0, 1.0, 2.0], 2.0, None)
+    shot0 = head((0, 1), [-0.5, 0.5], 1.0, 0)  # binary head stored as (-d, d)
+    shot1 = head((0, 2), [0.3, -0.3], 1.0, 1)
+    fitted = BCMFitted([Entry(0, (5, 6), [full, shot0, shot1])], 1.0, 5, 7)
+    q = fitted.head_probabilities(fitted.entries[0], torch.ones(1, 1, 1, 1)).view(-1).double()
+    pf = np.exp([0, 1, 2]) / np.exp([0, 1, 2]).sum()
+    p0 = 1 / (1 + np.exp(1.0))  # shot 0: P(0) = sigmoid(-2 * 0.5)
+    p1 = 1 / (1 + np.exp(-0.6))  # shot 1: P(0) = sigmoid(2 * 0.3)
+    expected = [(2 * pf[0] + p0 + p1) / 4, (2 * pf[1] + (1 - p0)) / 3, (2 * pf[2] + (1 - p1)) / 3]
+    assert np.allclose(q.numpy(), expected, atol=1e-6)
+
+
+def test_prediction_only_changes_mapped_base_regions():
+    task = task_for(2, 2)
+    fitted = build_method("bcm").fit(task)
+    probs = fitted.predict(task)
+    nb = task.num_base_and_bg
+    base = build_method("base").predict(task)
+    y0 = F.interpolate(base[:, :nb], size=(32, 32), mode="bilinear", align_corners=True).argmax(1)
+    pred = probs.argmax(1)
+    changed = pred != y0
+    assert bool(changed.any())
+    for k, novel in fitted.table.items():
+        assert set(pred[changed & (y0 == k)].unique().tolist()) <= set(novel)
+    assert bool(torch.isin(y0[changed], torch.tensor(list(fitted.table))).all())
+    # the decided class has more than half of the mass, so the runner's argmax is the decision
+    assert bool((probs.max(1).values > 0.5).all())
+
+
+def test_downsample_background():
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 50 + [1] * 7 + [2] * 12 + [0] * 10)
+    keep = downsample_background(y, rng)
+    assert np.all(np.diff(keep) > 0)
+    assert np.bincount(y[keep]).tolist() == [12, 7, 12]
+    assert np.array_equal(downsample_background(y, np.random.default_rng(0)), keep)
+    assert not np.array_equal(downsample_background(y, np.random.default_rng(1)), keep)
+    few = np.array([0, 0, 1, 1, 1])
+    assert np.array_equal(downsample_background(few, rng), np.arange(5))  # no-op when 0 does not outnumber
+
+
+def test_reproducible_from_the_seed():
+    task = task_for(2, 2)
+    fast = dict(c_grid_size=3)
+    a = build_method("bcm", **fast).fit(task)
+    b = build_method("bcm", **fast).fit(dataclasses.replace(task, support_features=task.support_features.clone()))
+    for ea, eb in zip(a.entries, b.entries):
+        for ha, hb in zip(ea.heads, eb.heads):
+            assert np.array_equal(ha.coef, hb.coef) and ha.C == hb.C
+    other = build_method("bcm", **fast).fit(dataclasses.replace(task, seed=task.seed + 1))
+    assert any(not np.array_equal(ha.coef, hb.coef) for ea, eb in zip(a.entries, other.entries)
+               for ha, hb in zip(ea.heads, eb.heads))  # the down-sampling depends on the seed
+    unsampled = build_method("bcm", bg_sampling=False, **fast).fit(dataclasses.replace(task, seed=123))
+    again = build_method("bcm", bg_sampling=False, **fast).fit(task)
+    assert all(np.array_equal(ha.coef, hb.coef) for ea, eb in zip(unsampled.entries, again.entries)
+               for ha, hb in zip(ea.heads, eb.heads))  # without sampling the seed is irrelevant
+
+
+def test_single_pixel_class_skips_cv_and_uses_middle_c():
+    method = build_method("bcm")
+    x = np.random.default_rng(0).random((30, 3))
+    y = np.zeros(30, dtype=int)
+    y[4] = 1
+    C, scores = method.choose_c(x, y, [0, 0, 0])
+    assert C == pytest.approx(np.logspace(-5, 5, 10)[4]) and scores is None
+    y[5] = 1
+    y[6] = 1  # three pixels: 3-fold CV
+    C, scores = method.choose_c(x, y, [0, 0, 0])
+    assert scores.shape == (10,) and C == np.logspace(-5, 5, 10)[int(np.argmax(scores))]
+
+
+def test_ensemble_off_and_one_shot_fit_a_single_model():
+    task = task_for(2, 2)
+    for fitted in (build_method("bcm", ensemble=False).fit(task), build_method("bcm").fit(task_for(1, 0))):
+        assert all(len(e.heads) == 1 and e.heads[0].shot is None and e.heads[0].weight == 1.0
+                   for e in fitted.entries)
+
+
+@pytest.mark.parametrize("options", [dict(beta=0), dict(top_k=2), dict(solver="torch"), dict(cv_folds=1),
+                                     dict(c_grid_size=0), dict(c_min_exp=3, c_max_exp=1), dict(tol=0),
+                                     dict(ensemble="maybe")])
+def test_bad_options_raise(options):
+    with pytest.raises(GFSSError):
+        build_method("bcm", **options)
+
+
+def test_options_from_cli_strings():
+    m = build_method("bcm", beta="1", ensemble="false", c_grid_size="3", c_min_exp="-1", c_max_exp="1")
+    assert m.beta == 1.0 and m.ensemble is False and np.allclose(m.c_grid, [0.1, 1, 10])
