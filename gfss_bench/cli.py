@@ -67,8 +67,11 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="Recompute even when a result with the same id is stored.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Dataset folder of a real benchmark (holds val.txt); not needed for the synthetic ones.")
+@click.option("--skip-bad-images", is_flag=True,
+              help="Leave out unreadable images/labels and image/label size mismatches (with a warning); "
+                   "the result lists them under skipped_images.")
 def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, device, batch_size, option_pairs,
-        results_dir, force, data_root):
+        results_dir, force, data_root, skip_bad_images):
     """Evaluate methods on seeded GFSS episodes and store the results."""
     from gfss_bench.benchmark.runner import RunSpec, execute, resolve_device
     from gfss_bench.protocols import get_benchmark
@@ -96,8 +99,39 @@ def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, dev
                     specs.append(RunSpec.create(method, benchmark, fold, protocol, shot, options[method],
                                                 runs=runs, seed=seed, convention=convention, device=device_name))
     results = execute(specs, ResultStore(results_dir), batch_size=batch_size, force=force,
-                      data_root=Path(data_root) if data_root else None,
-                      log=lambda message: err_console.print(f"[dim]{message}[/]"))
+                      data_root=Path(data_root) if data_root else None, skip_bad_images=skip_bad_images,
+                      log=_log)
+    print_leaderboard(leaderboard(results), console)
+
+
+def _log(message: str) -> None:
+    err_console.print(message if message.startswith("warning") else f"[dim]{message}[/]", highlight=False,
+                      soft_wrap=True)
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--results-dir", default=None, type=click.Path(file_okay=False),
+              help="Where result files are stored (default: the config's results_dir, else results).")
+@click.option("--force", is_flag=True, help="Recompute even when a result with the same id is stored.")
+@click.option("--dry-run", is_flag=True, help="Only list the specs of the grid and whether each is stored.")
+def sweep(config, results_dir, force, dry_run):
+    """Evaluate a grid from a YAML file; stored specs are skipped, so rerunning resumes an interrupted sweep."""
+    from gfss_bench.benchmark.sweep import expand, load_config, run_sweep
+    from gfss_bench.results.report import leaderboard, print_leaderboard
+    from gfss_bench.results.store import ResultStore
+
+    settings = load_config(config)
+    if dry_run:
+        store = ResultStore(results_dir or settings.get("results_dir", "results"))
+        for spec in expand(settings):
+            state = "stored" if store.contains(spec.run_id) else (
+                "partial" if store.partial_path_for(spec.run_id).exists() else "missing")
+            options = ",".join(f"{k}={v}" for k, v in spec.method_options)
+            click.echo(f"{spec.run_id} {state:8s} {spec.method}({options}) {spec.benchmark} {spec.protocol} "
+                       f"fold {spec.fold} {spec.shot}-shot {spec.convention}")
+        return
+    results = run_sweep(settings, results_dir, force=force, log=_log)
     print_leaderboard(leaderboard(results), console)
 
 
@@ -134,6 +168,11 @@ def _load_results(results_dir, benchmarks, protocols, shots, methods, convention
     results, problems = ResultStore(results_dir).load_all()
     for problem in problems:
         err_console.print(f"[red]skipped {problem.path}: {problem.reason}[/]")
+    partial = [r for r in results if r.get("skipped_images")]
+    if partial:
+        err_console.print(f"note: {len(partial)} result(s) were computed with --skip-bad-images and left out "
+                          f"{sum(len(r['skipped_images']) for r in partial)} image(s) in total; see "
+                          "skipped_images in their files")
     return filter_results(results, benchmarks, protocols, shots, methods, conventions)
 
 

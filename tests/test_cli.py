@@ -16,6 +16,7 @@ def gfss(*args, cwd=None, env=None):
     (["run", "--fold", "9"], "--fold 9 is out of range"),
     (["run", "--shot", "0"], "--shot must be >= 1"),
     (["run", "-o", "bogus=1", "--method", "diam"], "bogus"),
+    (["run", "-o", "iterations=abc", "--method", "diam"], "option 'iterations' of method 'diam' must be int, got 'abc'"),
     (["train", "--benchmark", "nope"], "--benchmark: unknown benchmark 'nope'"),
 ])
 def test_bad_input_is_one_line_exit_2(args, expected, tmp_path):

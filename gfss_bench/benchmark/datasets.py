@@ -20,6 +20,8 @@ from gfss_bench.errors import GFSSError
 from gfss_bench.paths import atomic_write_bytes, cache_dir
 
 SPLITS = ("train", "val")
+FIX = ("replace the file, remove its line from the list file, or pass --skip-bad-images to `gfss-bench run` "
+       "to skip such images (the result records which)")
 
 
 class SegmentationList:
@@ -73,9 +75,10 @@ class SegmentationList:
             with Image.open(path) as image:
                 return np.asarray(image.convert("RGB"), dtype=np.uint8)
         except FileNotFoundError:
-            raise GFSSError(f"image {path} (listed in {self.list_file}) does not exist") from None
+            raise GFSSError(f"image {path} (listed in {self.list_file}) does not exist; {FIX}") from None
         except (OSError, UnidentifiedImageError) as error:
-            raise GFSSError(f"image {path} (listed in {self.list_file}) cannot be read: {error}") from None
+            raise GFSSError(f"image {path} (listed in {self.list_file}) cannot be read ({error}; a truncated "
+                            f"or corrupt file); {FIX}") from None
 
     def load_label(self, index: int) -> np.ndarray:
         """uint8 [H, W] class ids (255 void), from a palette or greyscale PNG."""
@@ -88,17 +91,40 @@ class SegmentationList:
                         "(palette or greyscale) PNGs of class ids, like VOC's SegmentationClass")
                 return np.array(label, dtype=np.uint8)
         except FileNotFoundError:
-            raise GFSSError(f"label {path} (listed in {self.list_file}) does not exist") from None
+            raise GFSSError(f"label {path} (listed in {self.list_file}) does not exist; {FIX}") from None
         except (OSError, UnidentifiedImageError) as error:
-            raise GFSSError(f"label {path} (listed in {self.list_file}) cannot be read: {error}") from None
+            raise GFSSError(f"label {path} (listed in {self.list_file}) cannot be read ({error}); {FIX}") from None
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image, label = self.load_image(index), self.load_label(index)
         if image.shape[:2] != label.shape:
             raise GFSSError(
                 f"image {self.items[index][0]} is {image.shape[1]}x{image.shape[0]} but its label "
-                f"{self.items[index][1]} is {label.shape[1]}x{label.shape[0]}")
+                f"{self.items[index][1]} is {label.shape[1]}x{label.shape[0]}; {FIX}")
         return image, label
+
+    def find_bad_items(self) -> list[tuple[int, str]]:
+        """(index, reason) of every item whose image or label cannot be read or whose sizes differ."""
+        bad = []
+        for index in range(len(self)):
+            try:
+                self.load(index)
+            except GFSSError as error:
+                bad.append((index, str(error)))
+        return bad
+
+    def without(self, indices) -> "SegmentationList":
+        """A copy without the items at `indices` (its cache key is that of the remaining list)."""
+        drop = set(indices)
+        subset = object.__new__(SegmentationList)
+        subset.root, subset.list_file = self.root, self.list_file
+        subset.items = [item for i, item in enumerate(self.items) if i not in drop]
+        root = self.root.resolve()
+        subset._list_bytes = "".join(f"{image.relative_to(root)} {label.relative_to(root)}\n"
+                                     for image, label in subset.items).encode()
+        if not subset.items:
+            raise GFSSError(f"every item of {self.list_file} is unreadable; fix the data root")
+        return subset
 
     def cache_key(self) -> str:
         """Hash of the list file content and the data root."""

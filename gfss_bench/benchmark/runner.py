@@ -134,20 +134,32 @@ class EvaluationData:
     pixel_counts: np.ndarray
     features: SplitFeatures
     names: list[str]
+    skipped_images: list[dict] = dataclasses.field(default_factory=list)  # with --skip-bad-images
 
 
 def _load_evaluation_data(spec: RunSpec, device: torch.device, batch_size: int,
-                          segmenter_loader: Callable, data_root: Optional[Path]) -> EvaluationData:
+                          segmenter_loader: Callable, data_root: Optional[Path], skip_bad_images: bool = False,
+                          log: Callable[[str], None] = lambda message: None) -> EvaluationData:
     from gfss_bench.benchmark.datasets import open_split
 
     benchmark = get_benchmark(spec.benchmark)
     split = open_split(benchmark, "val", data_root)
+    skipped = []
+    if skip_bad_images:
+        bad = split.find_bad_items()
+        if bad:
+            skipped = [{"name": split.names[i], "image": str(split.items[i][0]), "label": str(split.items[i][1]),
+                        "reason": reason} for i, reason in bad]
+            log(f"warning: skipped {len(bad)} bad image(s) of {split.list_file} (--skip-bad-images): "
+                + ", ".join(item["name"] for item in skipped[:10]) + (" ..." if len(bad) > 10 else ""))
+            split = split.without([i for i, _ in bad])
     pixel_counts = split.class_pixel_counts()
     unknown = np.flatnonzero(pixel_counts[:, benchmark.num_classes + 1:255].sum(axis=0)) + benchmark.num_classes + 1
     if unknown.size:
         image = int(np.flatnonzero(pixel_counts[:, unknown[0]])[0])
-        raise GFSSError(f"label file of {split.names[image]} contains class id {unknown[0]}, outside "
-                        f"{benchmark.name}'s 0..{benchmark.num_classes} and 255; fix the labels or the benchmark")
+        raise GFSSError(f"label {split.items[image][1]} (listed in {split.list_file}) contains class id "
+                        f"{unknown[0]}, outside {benchmark.name}'s 0..{benchmark.num_classes} and 255 (void); fix "
+                        "the label file or pick the benchmark that matches the data")
     segmenter = segmenter_loader(spec, device)
     weight, bias = segmenter.classifier_weight_and_bias()
     expected = len(benchmark.base_classes(spec.fold)) + 1
@@ -158,7 +170,7 @@ def _load_evaluation_data(spec: RunSpec, device: torch.device, batch_size: int,
                                 device, batch_size=batch_size,
                                 description=f"{benchmark.name} fold {spec.fold}: features")
     return EvaluationData(benchmark, weight.detach().float().cpu(), bias.detach().float().cpu(), pixel_counts,
-                          features, list(split.names))
+                          features, list(split.names), skipped)
 
 
 def builtin_segmenter_loader(spec: RunSpec, device: torch.device):
@@ -214,12 +226,17 @@ def evaluate_episode(method: Method, data: EvaluationData, spec: RunSpec, episod
                                                     query_valid=task.query_valid[:0], query_labels=None))
         probs = fitted.predict(task)
         if not torch.isfinite(probs).all():
-            raise GFSSError(f"method {spec.method!r} produced NaN/inf probabilities on {benchmark.name} fold "
-                            f"{spec.fold} run {episode.run} (queries {start}..{start + len(batch) - 1}); "
-                            "nothing was stored; try a smaller learning rate")
+            raise NonFiniteOutput(f"method {spec.method!r} produced NaN/inf probabilities on {benchmark.name} fold "
+                                  f"{spec.fold} run {episode.run} (episode seed {episode.seed}, queries "
+                                  f"{start}..{start + len(batch) - 1}); nothing was stored; try a smaller "
+                                  "learning rate")
         confusion += score_probabilities(probs.float().cpu(), query_labels, num_classes)
         on_batch(len(batch))
     return confusion
+
+
+class NonFiniteOutput(GFSSError):
+    """A method returned NaN/inf: the spec is abandoned and nothing of it is kept."""
 
 
 def _aggregate(per_run: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -236,8 +253,15 @@ def _aggregate(per_run: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: Optional[int] = None, force: bool = False,
             segmenter_loader: Callable = builtin_segmenter_loader, data_root: Optional[Path] = None,
-            log: Callable[[str], None] = lambda message: None) -> list[dict]:
-    """Evaluate every spec not yet stored (or all with `force`); return the results of all specs."""
+            log: Callable[[str], None] = lambda message: None, skip_bad_images: bool = False) -> list[dict]:
+    """Evaluate every spec not yet stored (or all with `force`); return the results of all specs.
+
+    Progress is checkpointed per run in `<run_id>.partial.json` (see `ResultStore.save_partial`): a spec
+    interrupted after some runs resumes at its first missing run. A spec that another process stored in
+    the meantime is loaded instead of being recomputed. With `skip_bad_images`, unreadable images and
+    labels (or image/label size mismatches) are left out with a warning and listed in the result's
+    `skipped_images`; the run id does not change (see README, "Long sweeps").
+    """
     specs = list(dict.fromkeys(specs))
     results: dict[str, dict] = {}
     pending = []
@@ -254,30 +278,66 @@ def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: Optiona
         device = resolve_device(group[0].device)
         group_batch_size = batch_size if batch_size is not None else get_benchmark(group[0].benchmark).batch_size
         started = time.perf_counter()
-        data = _load_evaluation_data(group[0], device, group_batch_size, segmenter_loader, data_root)
+        data = _load_evaluation_data(group[0], device, group_batch_size, segmenter_loader, data_root,
+                                     skip_bad_images, log)
         shared_seconds = time.perf_counter() - started
         for spec in group:
-            result = _evaluate_spec(spec, data, device, group_batch_size)
+            if not force and store.contains(spec.run_id):  # stored by a concurrent process meanwhile
+                results[spec.run_id] = store.load(store.path_for(spec.run_id))
+                log(f"cached: {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot ({spec.run_id})")
+                continue
+            if force:
+                store.remove_partial(spec.run_id)
+            try:
+                result = _evaluate_spec(spec, data, device, group_batch_size, store, log)
+            except NonFiniteOutput:
+                store.remove_partial(spec.run_id)  # store nothing of a diverged spec
+                raise
             result["provenance"]["shared_setup_s"] = shared_seconds
             store.save(result)
+            store.remove_partial(spec.run_id)
             results[spec.run_id] = result
             log(f"stored: {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot -> "
                 f"{store.path_for(spec.run_id)}")
     return [results[spec.run_id] for spec in specs]
 
 
-def _evaluate_spec(spec: RunSpec, data: EvaluationData, device: torch.device, batch_size: int) -> dict:
+def _resumable_runs(store: Optional[ResultStore], spec: RunSpec, data: EvaluationData, episodes: list[Episode],
+                    log: Callable[[str], None]) -> list[dict]:
+    """The completed runs of an interrupted evaluation of `spec`, when its checkpoint matches exactly."""
+    partial = store.load_partial(spec.run_id) if store is not None else None
+    if partial is None:
+        return []
+    runs = partial.get("runs")
+    ok = (partial.get("spec") == spec.to_dict() and partial.get("skipped_images") == data.skipped_images
+          and isinstance(runs, list) and len(runs) < len(episodes))
+    if ok:
+        for run, episode in zip(runs, episodes):
+            ok = ok and (run.get("run") == episode.run and run.get("seed") == episode.seed
+                         and run.get("num_queries") == len(episode.queries)
+                         and run.get("support_images") == [[data.names[i] for i in g] for g in episode.supports])
+    if not ok:
+        log(f"ignoring the checkpoint {store.partial_path_for(spec.run_id)}: it does not match the data or spec")
+        return []
+    log(f"resuming {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot at run {len(runs)} "
+        f"({len(runs)} of {len(episodes)} runs checkpointed)")
+    return runs
+
+
+def _evaluate_spec(spec: RunSpec, data: EvaluationData, device: torch.device, batch_size: int,
+                   store: Optional[ResultStore] = None, log: Callable[[str], None] = lambda message: None) -> dict:
     benchmark = data.benchmark
     method = spec.build()
     num_base = len(benchmark.base_classes(spec.fold))
     started = time.perf_counter()
-    runs = []
     episodes = [make_episode(benchmark, spec.fold, spec.shot, r, spec.seed, data.pixel_counts)
                 for r in range(spec.runs)]
+    runs = list(_resumable_runs(store, spec, data, episodes, log))
+    resumed = len(runs)
     with progress_bar() as progress:
         bar = progress.add_task(f"{spec.method} {benchmark.name} fold {spec.fold} {spec.shot}-shot",
-                                total=sum(len(e.queries) for e in episodes))
-        for episode in episodes:
+                                total=sum(len(e.queries) for e in episodes[resumed:]))
+        for episode in episodes[resumed:]:
             confusion = evaluate_episode(method, data, spec, episode, device, batch_size,
                                          on_batch=lambda n: progress.advance(bar, n))
             runs.append({
@@ -286,8 +346,11 @@ def _evaluate_spec(spec: RunSpec, data: EvaluationData, device: torch.device, ba
                 "confusion": confusion.tolist(),
                 "scores": scores(confusion.numpy(), num_base, spec.convention).as_dict(),
             })
+            if store is not None and len(runs) < len(episodes):
+                store.save_partial(spec.run_id, spec.to_dict(), runs, {"skipped_images": data.skipped_images})
     record = provenance(device)
     record["wall_time_s"] = time.perf_counter() - started
+    record["resumed_runs"] = resumed
     return {
         "run_id": spec.run_id, "spec": spec.to_dict(), "oracle": method.is_oracle,
         "convention": spec.convention, "convention_description": CONVENTIONS[spec.convention],
@@ -295,4 +358,5 @@ def _evaluate_spec(spec: RunSpec, data: EvaluationData, device: torch.device, ba
         "class_names": list(benchmark.episode_class_names(spec.fold)),
         "num_base": num_base, "num_novel": len(benchmark.novel_classes(spec.fold)),
         "runs": runs, "aggregate": _aggregate([r["scores"] for r in runs]), "provenance": record,
+        "skipped_images": data.skipped_images,
     }

@@ -11,6 +11,7 @@ from typing import Any
 from gfss_bench.paths import atomic_write_text
 
 SCHEMA_VERSION = 1
+PARTIAL_SUFFIX = ".partial.json"
 
 
 def canonical_json(data: Any) -> str:
@@ -47,6 +48,32 @@ class ResultStore:
         atomic_write_text(path, json.dumps(result, indent=1, sort_keys=True) + "\n")
         return path
 
+    def partial_path_for(self, run_id: str) -> Path:
+        return self.root / f"{run_id}{PARTIAL_SUFFIX}"
+
+    def save_partial(self, run_id: str, spec: dict, runs: list[dict], extra: dict | None = None) -> Path:
+        """Checkpoint of a spec's completed runs (written atomically after every run; deleted by the runner
+        once the final result is stored). Carries the same schema version and checksum as a result."""
+        body = dict(extra or {}, run_id=run_id, spec=spec, runs=runs, schema_version=SCHEMA_VERSION, partial=True)
+        body["checksum"] = content_checksum(body)
+        path = self.partial_path_for(run_id)
+        atomic_write_text(path, json.dumps(body, sort_keys=True) + "\n")
+        return path
+
+    def load_partial(self, run_id: str) -> dict | None:
+        """The checkpoint of `run_id`, or None when there is none or it cannot be trusted."""
+        path = self.partial_path_for(run_id)
+        if not path.is_file():
+            return None
+        try:
+            partial = self.load(path)
+        except ValueError:
+            return None
+        return partial if partial.get("run_id") == run_id and partial.get("partial") is True else None
+
+    def remove_partial(self, run_id: str) -> None:
+        self.partial_path_for(run_id).unlink(missing_ok=True)
+
     def load(self, path: Path) -> dict:
         """Read and verify one result file; raises ValueError with the reason when it cannot be trusted."""
         try:
@@ -65,6 +92,8 @@ class ResultStore:
         if not self.root.is_dir():
             return results, problems
         for path in sorted(self.root.glob("*.json")):
+            if path.name.endswith(PARTIAL_SUFFIX):
+                continue  # a checkpoint of a run in progress (or killed), not a result
             try:
                 results.append(self.load(path))
             except ValueError as error:

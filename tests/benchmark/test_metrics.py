@@ -80,3 +80,56 @@ def test_harmonic_mean_edge_cases():
 def test_unknown_convention():
     with pytest.raises(ValueError, match="convention"):
         scores(np.eye(3, dtype=np.int64), 1, "nope")
+
+
+def numpy_scores(confusion, num_base, convention):
+    """Reference: per-class IoU with plain loops; classes with an empty union are skipped."""
+    k = confusion.shape[0]
+    iou = []
+    for c in range(k):
+        inter = confusion[c, c]
+        union = confusion[c, :].sum() + confusion[:, c].sum() - inter
+        iou.append(inter / union if union > 0 else None)
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else float("nan")
+
+    first = 1 if convention == "diam" else 0
+    base, novel = mean(iou[first:num_base + 1]), mean(iou[num_base + 1:])
+    total = mean(iou) if convention == "pop" else float("nan")
+    return iou, base, novel, total
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 4), st.integers(1, 30), st.integers(0, 2**31 - 1), st.floats(0, 0.9),
+       st.lists(st.integers(0, 8), max_size=4), st.sampled_from(["diam", "pop"]))
+def test_scores_match_numpy_reference(num_base, num_novel, size, seed, ignore_fraction, absent, convention):
+    """Random predictions/labels with ignored pixels and classes absent from labels and/or predictions."""
+    import math
+
+    from gfss_bench.benchmark.metrics import per_class_iou, scores
+
+    k = 1 + num_base + num_novel
+    rng = np.random.default_rng(seed)
+    target = rng.integers(0, k, size=(2, size, size))
+    prediction = rng.integers(0, k, size=(2, size, size))
+    for c in absent:  # empty classes: gone from the labels, and from predictions too for even ids
+        if c < k:
+            target[target == c] = (c + 1) % k
+            if c % 2 == 0:
+                prediction[prediction == c] = (c + 1) % k
+    target[rng.random(target.shape) < ignore_fraction] = 255
+    confusion = confusion_matrix(torch.from_numpy(prediction), torch.from_numpy(target), k).numpy()
+    assert np.array_equal(confusion, numpy_confusion(prediction, target, k))
+    iou, base, novel, total = numpy_scores(confusion, num_base, convention)
+    ours = per_class_iou(confusion)
+    for a, b in zip(ours, iou):
+        assert (b is None and math.isnan(a)) or (b is not None and math.isclose(a, b, rel_tol=1e-12))
+    s = scores(confusion, num_base, convention)
+    for a, b in ((s.base, base), (s.novel, novel), (s.total, total)):
+        assert (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
+    if not (math.isnan(base) or math.isnan(novel)):
+        assert math.isclose(s.mean, (base + novel) / 2, rel_tol=1e-12)
+        expected_hm = 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
+        assert math.isclose(s.hm, expected_hm, rel_tol=1e-12, abs_tol=1e-15)
