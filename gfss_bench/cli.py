@@ -70,8 +70,12 @@ def cli() -> None:
 @click.option("--skip-bad-images", is_flag=True,
               help="Leave out unreadable images/labels and image/label size mismatches (with a warning); "
                    "the result lists them under skipped_images.")
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="Base segmenter checkpoint (DIaM/BAM PSPNet-ResNet50, or a `gfss-bench train` file): one file "
+                   "used for every selected fold, or a folder holding fold<F>.pth or DIaM's model_ckpt layout "
+                   "(<dataset>/split<F>/.../*.pth). Default: the built-in segmenter (synthetic benchmarks).")
 def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, device, batch_size, option_pairs,
-        results_dir, force, data_root, skip_bad_images):
+        results_dir, force, data_root, skip_bad_images, checkpoint):
     """Evaluate methods on seeded GFSS episodes and store the results."""
     from gfss_bench.benchmark.runner import RunSpec, execute, resolve_device
     from gfss_bench.protocols import get_benchmark
@@ -91,14 +95,26 @@ def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, dev
         raise GFSSError(f"--batch-size must be >= 1, got {batch_size}")
     device_name = resolve_device(device).type
     options = _parse_options(option_pairs, methods)
+    for fold in folds:
+        bench.check_fold(fold)
+    segmenters, loader_kwargs = {}, {}
+    if checkpoint is not None:
+        from gfss_bench.models.checkpoints import CheckpointSegmenterLoader, find_fold_checkpoint
+
+        loader = CheckpointSegmenterLoader()
+        for fold in folds or range(bench.num_folds):
+            segmenters[fold] = loader.register(find_fold_checkpoint(checkpoint, fold, bench.dataset))
+        loader_kwargs["segmenter_loader"] = loader
     specs = []
     for method in methods:
         for protocol in protocols:
             for fold in folds or range(bench.num_folds):
                 for shot in shots:
+                    extra = {"segmenter": segmenters[fold]} if fold in segmenters else {}
                     specs.append(RunSpec.create(method, benchmark, fold, protocol, shot, options[method],
-                                                runs=runs, seed=seed, convention=convention, device=device_name))
-    results = execute(specs, ResultStore(results_dir), batch_size=batch_size, force=force,
+                                                runs=runs, seed=seed, convention=convention, device=device_name,
+                                                **extra))
+    results = execute(specs, ResultStore(results_dir), **loader_kwargs, batch_size=batch_size, force=force,
                       data_root=Path(data_root) if data_root else None, skip_bad_images=skip_bad_images,
                       log=_log)
     print_leaderboard(leaderboard(results), console)

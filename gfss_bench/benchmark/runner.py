@@ -135,6 +135,7 @@ class EvaluationData:
     features: SplitFeatures
     names: list[str]
     skipped_images: list[dict] = dataclasses.field(default_factory=list)  # with --skip-bad-images
+    segmenter_source: Optional[dict] = None  # e.g. the checkpoint file a `checkpoint:<sha>` segmenter came from
 
 
 def _load_evaluation_data(spec: RunSpec, device: torch.device, batch_size: int,
@@ -170,7 +171,7 @@ def _load_evaluation_data(spec: RunSpec, device: torch.device, batch_size: int,
                                 device, batch_size=batch_size,
                                 description=f"{benchmark.name} fold {spec.fold}: features")
     return EvaluationData(benchmark, weight.detach().float().cpu(), bias.detach().float().cpu(), pixel_counts,
-                          features, list(split.names), skipped)
+                          features, list(split.names), skipped, getattr(segmenter, "checkpoint_source", None))
 
 
 def builtin_segmenter_loader(spec: RunSpec, device: torch.device):
@@ -351,6 +352,8 @@ def _evaluate_spec(spec: RunSpec, data: EvaluationData, device: torch.device, ba
     record = provenance(device)
     record["wall_time_s"] = time.perf_counter() - started
     record["resumed_runs"] = resumed
+    if data.segmenter_source is not None:
+        record["segmenter_source"] = data.segmenter_source
     return {
         "run_id": spec.run_id, "spec": spec.to_dict(), "oracle": method.is_oracle,
         "convention": spec.convention, "convention_description": CONVENTIONS[spec.convention],

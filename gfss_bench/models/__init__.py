@@ -3,7 +3,7 @@
 from gfss_bench.models.segmenter import Segmenter
 from gfss_bench.models.small_pspnet import SmallPSPNet, SmallPSPNetConfig, build_small_pspnet
 
-__all__ = ["Segmenter", "SmallPSPNet", "SmallPSPNetConfig", "build_small_pspnet", "builtin_segmenter"]
+__all__ = ["Segmenter", "SmallPSPNet", "SmallPSPNetConfig", "build_small_pspnet", "builtin_segmenter", "load_segmenter"]
 
 
 def builtin_segmenter(benchmark_name: str, fold: int, protocol_name: str, device="cpu", progress: bool = True):
@@ -11,3 +11,11 @@ def builtin_segmenter(benchmark_name: str, fold: int, protocol_name: str, device
     from gfss_bench.models.zoo import builtin_segmenter as _builtin
 
     return _builtin(benchmark_name, fold, protocol_name, device=device, progress=progress)
+
+
+def load_segmenter(path, expected_outputs=None, device="cpu"):
+    """A base segmenter from a checkpoint file: DIaM's or BAM's PSPNet-ResNet50 (with or without the
+    `module.` prefix) or a file written by `gfss-bench train` (see gfss_bench.models.checkpoints)."""
+    from gfss_bench.models.checkpoints import load_checkpoint_segmenter
+
+    return load_checkpoint_segmenter(path, expected_outputs=expected_outputs, device=device)

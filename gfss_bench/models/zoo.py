@@ -153,8 +153,8 @@ def builtin_segmenter(benchmark_name: str, fold: int, protocol_name: str, device
     if benchmark.dataset != "synthetic":
         raise GFSSError(
             f"there is no built-in segmenter for {benchmark_name!r}: real benchmarks need a base segmenter "
-            "trained on their base classes (e.g. DIaM's PSPNet-ResNet50), and loading such checkpoints is not "
-            "available yet; use synthetic5i or synthetic10i")
+            "trained on their base classes (e.g. DIaM's PSPNet-ResNet50): pass it with --checkpoint FILE_OR_FOLDER "
+            "(see `gfss-bench run --help`), or use synthetic5i or synthetic10i")
     digest = config_hash(benchmark_name, fold, protocol_name)
     name = weights_name(benchmark_name, fold, protocol_name)
     shipped = WEIGHTS_DIR / f"{name}.pt"

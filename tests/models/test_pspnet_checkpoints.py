@@ -1,0 +1,133 @@
+"""PSPNet-ResNet50 checkpoints in DIaM's and BAM's layouts (facts §6), and `run --checkpoint`."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gfss_bench.cli import cli
+from gfss_bench.errors import GFSSError
+from gfss_bench.models import zoo
+from gfss_bench.models.checkpoints import find_fold_checkpoint, load_checkpoint_segmenter
+from gfss_bench.models.pspnet import PSPNetResNet50
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """A randomly initialised PSPNet-ResNet50 (B+1 = 16) with non-trivial BN statistics, and its features."""
+    torch.manual_seed(0)
+    model = PSPNetResNet50(16)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    model.eval()
+    images = torch.randn(2, 3, 33, 33, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        features = model.extract_features(images)
+    return model, images, features
+
+
+def _diam_layout(model):
+    return {"epoch": 100, "state_dict": {"module." + k: v for k, v in model.state_dict().items()}}
+
+
+def _bam_layout(model):
+    renames = {"bottleneck.0.": "cls.0.", "bottleneck.1.": "cls.1.", "classifier.": "cls.4."}
+    state = {}
+    for key, value in model.state_dict().items():
+        for old, new in renames.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+        state[key] = value
+        if key.startswith("layer") and key[5] in "01234":
+            state[f"encoder.{key[5]}.{key[7:]}"] = value
+    return {"state_dict": state}
+
+
+@pytest.mark.parametrize("layout", [_diam_layout, _bam_layout, lambda m: m.state_dict()])
+def test_checkpoint_layouts_give_the_same_features(layout, reference, tmp_path):
+    model, images, features = reference
+    path = tmp_path / "best.pth"
+    torch.save(layout(model), path)
+    loaded = load_checkpoint_segmenter(path, expected_outputs=16)
+    assert loaded.num_outputs == 16 and not loaded.training
+    with torch.no_grad():
+        got = loaded.extract_features(images)
+    assert got.shape == (2, 512, 5, 5)
+    torch.testing.assert_close(got, features, atol=1e-5, rtol=0)
+    weight, bias = loaded.classifier_weight_and_bias()
+    assert weight.shape == (512, 16) and bias.shape == (16,)
+
+
+def test_wrong_class_count_corrupt_file_and_input_size(reference, tmp_path):
+    model, _, _ = reference
+    path = tmp_path / "best.pth"
+    torch.save(_diam_layout(model), path)
+    with pytest.raises(GFSSError, match=r"16 classifier outputs .* needs 21") as error:
+        load_checkpoint_segmenter(path, expected_outputs=21, expected_for="pascal5i fold 0")
+    assert str(path) in str(error.value)
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(GFSSError, match="cannot be read") as error:
+        load_checkpoint_segmenter(corrupt)
+    assert str(corrupt) in str(error.value)
+    partial = {k: v for k, v in model.state_dict().items() if not k.startswith("ppm.")}
+    torch.save(partial, tmp_path / "partial.pth")
+    with pytest.raises(GFSSError, match=r"missing key\(s\): ppm\.features"):
+        load_checkpoint_segmenter(tmp_path / "partial.pth")
+    with pytest.raises(GFSSError, match=r"\(H-1\) % 8 == 0"):
+        model.extract_features(torch.zeros(1, 3, 32, 32))
+
+
+def test_checkpoint_folder_layouts(tmp_path):
+    diam = tmp_path / "model_ckpt" / "pascal" / "split1" / "pspnet_resnet50"
+    diam.mkdir(parents=True)
+    (diam / "best.pth").write_bytes(b"x")
+    assert find_fold_checkpoint(tmp_path / "model_ckpt", 1, "pascal") == diam / "best.pth"
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "fold2.pth").write_bytes(b"x")
+    assert find_fold_checkpoint(tmp_path / "flat", 2) == tmp_path / "flat" / "fold2.pth"
+    with pytest.raises(GFSSError, match="no checkpoint for fold 0"):
+        find_fold_checkpoint(tmp_path / "model_ckpt", 0, "pascal")
+    (diam / "last.pth").write_bytes(b"x")
+    with pytest.raises(GFSSError, match="2 checkpoints for fold 1"):
+        find_fold_checkpoint(tmp_path / "model_ckpt", 1, "pascal")
+
+
+def test_run_with_checkpoint_folder(tmp_path):
+    """CLI end to end with a `gfss-bench train` segmenter file in DIaM's folder layout (fast on CPU); the
+    run id follows the file's contents and the result records the file."""
+    shipped = zoo.WEIGHTS_DIR / f"{zoo.weights_name('synthetic5i', 0, 'practical')}.pt"
+    ckpt = tmp_path / "model_ckpt" / "synthetic" / "split0" / "small" / "best.pth"
+    ckpt.parent.mkdir(parents=True)
+    shutil.copy(shipped, ckpt)
+    args = ["run", "--benchmark", "synthetic5i", "--fold", "0", "--runs", "1", "--method", "base", "--device", "cpu",
+            "--results-dir", str(tmp_path / "results"), "--checkpoint", str(tmp_path / "model_ckpt")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    (stored,) = list((tmp_path / "results").rglob("*.json"))
+    record = json.loads(stored.read_text())
+    assert record["spec"]["segmenter"].startswith("checkpoint:")
+    assert record["provenance"]["segmenter_source"]["path"] == str(ckpt.resolve())
+    builtin = CliRunner().invoke(cli, args[:-2])
+    assert builtin.exit_code == 0, builtin.output
+    assert len(list((tmp_path / "results").rglob("*.json"))) == 2  # other segmenter, other run id
+    bad = CliRunner().invoke(cli, args[:-1] + [str(tmp_path / "nowhere")])
+    assert isinstance(bad.exception, GFSSError) and "does not exist" in str(bad.exception)  # main(): exit 2
+
+
+def test_run_with_pspnet_checkpoint_file(reference, tmp_path):
+    """The full PSPNet-ResNet50 on synthetic5i (97x97, ~1 min on 2 CPU cores)."""
+    model, _, _ = reference
+    path = tmp_path / "diam.pth"
+    torch.save(_diam_layout(model), path)
+    args = ["run", "--benchmark", "synthetic5i", "--fold", "0", "--runs", "1", "--method", "base", "--device", "cpu",
+            "--results-dir", str(tmp_path / "results"), "--checkpoint", str(path)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    (stored,) = list((tmp_path / "results").rglob("*.json"))
+    assert json.loads(stored.read_text())["provenance"]["segmenter_source"]["layout"] == "diam"
