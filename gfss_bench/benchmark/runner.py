@@ -137,6 +137,10 @@ class EvaluationData:
     skipped_images: list[dict] = dataclasses.field(default_factory=list)  # with --skip-bad-images
     segmenter_source: Optional[dict] = None  # e.g. the checkpoint file a `checkpoint:<sha>` segmenter came from
 
+    def support_names(self, episode: Episode) -> list[list[str]]:
+        """The image names of an episode's support set, as stored in results and checkpoints."""
+        return [[self.names[i] for i in group] for group in episode.supports]
+
 
 def _load_evaluation_data(spec: RunSpec, device: torch.device, batch_size: int,
                           segmenter_loader: Callable, data_root: Optional[Path], skip_bad_images: bool = False,
@@ -265,13 +269,16 @@ def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: Optiona
     """
     specs = list(dict.fromkeys(specs))
     results: dict[str, dict] = {}
-    pending = []
-    for spec in specs:
-        if not force and store.contains(spec.run_id):
-            results[spec.run_id] = store.load(store.path_for(spec.run_id))
-            log(f"cached: {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot ({spec.run_id})")
-        else:
-            pending.append(spec)
+
+    def load_stored(spec: RunSpec) -> bool:
+        """Take the stored result of `spec` when there is one (and `force` is off)."""
+        if force or not store.contains(spec.run_id):
+            return False
+        results[spec.run_id] = store.load(store.path_for(spec.run_id))
+        log(f"cached: {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot ({spec.run_id})")
+        return True
+
+    pending = [spec for spec in specs if not load_stored(spec)]
     groups: dict[tuple, list[RunSpec]] = defaultdict(list)
     for spec in pending:
         groups[spec.data_key].append(spec)
@@ -283,9 +290,7 @@ def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: Optiona
                                      skip_bad_images, log)
         shared_seconds = time.perf_counter() - started
         for spec in group:
-            if not force and store.contains(spec.run_id):  # stored by a concurrent process meanwhile
-                results[spec.run_id] = store.load(store.path_for(spec.run_id))
-                log(f"cached: {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot ({spec.run_id})")
+            if load_stored(spec):  # stored by a concurrent process meanwhile
                 continue
             if force:
                 store.remove_partial(spec.run_id)
@@ -316,7 +321,7 @@ def _resumable_runs(store: Optional[ResultStore], spec: RunSpec, data: Evaluatio
         for run, episode in zip(runs, episodes):
             ok = ok and (run.get("run") == episode.run and run.get("seed") == episode.seed
                          and run.get("num_queries") == len(episode.queries)
-                         and run.get("support_images") == [[data.names[i] for i in g] for g in episode.supports])
+                         and run.get("support_images") == data.support_names(episode))
     if not ok:
         log(f"ignoring the checkpoint {store.partial_path_for(spec.run_id)}: it does not match the data or spec")
         return []
@@ -343,7 +348,7 @@ def _evaluate_spec(spec: RunSpec, data: EvaluationData, device: torch.device, ba
                                          on_batch=lambda n: progress.advance(bar, n))
             runs.append({
                 "run": episode.run, "seed": episode.seed, "num_queries": len(episode.queries),
-                "support_images": [[data.names[i] for i in group] for group in episode.supports],
+                "support_images": data.support_names(episode),
                 "confusion": confusion.tolist(),
                 "scores": scores(confusion.numpy(), num_base, spec.convention).as_dict(),
             })

@@ -252,6 +252,14 @@ def row_label(row) -> str:
     return label
 
 
+def _grouped_tables(frame: pd.DataFrame, title_prefix: str, what: str):
+    """(group key, rows, metric columns, titled empty Table) per (benchmark, protocol, convention, shot)."""
+    for key, group in frame.groupby(GROUP_COLUMNS, sort=True):
+        benchmark, protocol, convention, shot = key
+        title = f"{title_prefix}{benchmark} · {protocol} · {shot}-shot · {convention} convention{what}"
+        yield key, group, group_metrics(convention), Table(title=title)
+
+
 def print_leaderboard(board: pd.DataFrame, console: Optional[Console] = None, title_prefix: str = "",
                       sort: str = "hm", published: Optional[pd.DataFrame] = None) -> None:
     """One rich table per (benchmark, protocol, convention, shot); best value per column in bold.
@@ -264,11 +272,8 @@ def print_leaderboard(board: pd.DataFrame, console: Optional[Console] = None, ti
     if board.empty:
         console.print("no results stored yet: run `gfss-bench run --method diam --protocol practical`")
         return
-    for key, group in board.groupby(GROUP_COLUMNS, sort=True):
-        benchmark, protocol, convention, shot = key
-        metrics = group_metrics(convention)
-        table = Table(title=f"{title_prefix}{benchmark} · {protocol} · {shot}-shot · {convention} convention "
-                            "(mIoU %, fold means ± std over runs)")
+    for (benchmark, protocol, convention, shot), group, metrics, table in _grouped_tables(
+            board, title_prefix, " (mIoU %, fold means ± std over runs)"):
         table.add_column("method")
         table.add_column("folds", justify="right")
         for m in metrics:
@@ -306,11 +311,7 @@ def print_per_fold(folds: pd.DataFrame, console: Optional[Console] = None) -> No
     console = console or Console()
     if folds.empty:
         return
-    for key, group in folds.groupby(GROUP_COLUMNS, sort=True):
-        benchmark, protocol, convention, shot = key
-        metrics = group_metrics(convention)
-        table = Table(title=f"{benchmark} · {protocol} · {shot}-shot · {convention} convention: per fold "
-                            "(mIoU %, mean ± std over runs)")
+    for _, group, metrics, table in _grouped_tables(folds, "", ": per fold (mIoU %, mean ± std over runs)"):
         for name in ["method", "fold", "runs"] + [METRIC_TITLES[m] for m in metrics]:
             table.add_column(name, justify="left" if name == "method" else "right")
         for _, row in group.sort_values(["method", "fold"], kind="stable").iterrows():
