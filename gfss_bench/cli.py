@@ -74,10 +74,37 @@ def cli() -> None:
               help="Base segmenter checkpoint (DIaM/BAM PSPNet-ResNet50, or a `gfss-bench train` file): one file "
                    "used for every selected fold, or a folder holding fold<F>.pth or DIaM's model_ckpt layout "
                    "(<dataset>/split<F>/.../*.pth). Default: the built-in segmenter (synthetic benchmarks).")
+@click.option("--image-size", type=int, default=None,
+              help="Evaluation input side, (S-1) % 8 == 0 (default: the benchmark's, 417 on the real ones).")
+@click.option("--queries", default=None, metavar="N|all",
+              help="Queries per run (default: the benchmark's; 10000 on COCO-20i, all val images on PASCAL).")
+@click.option("--support-source", type=click.Choice(["val", "train"]), default=None,
+              help="Split the supports are drawn from (default: val, as in DIaM).")
+@click.option("--min-support-pixels", type=int, default=None,
+              help="Least pixels of its novel class a support image needs (default: 16384 on the real benchmarks).")
+@click.option("--single-novel-supports/--any-novel-supports", default=None,
+              help="Whether a support image may contain only its own novel class (default: only its own).")
+@click.option("--feature-precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
+              show_default=True, help="Autocast dtype of the feature extraction (auto: fp16 on CUDA, fp32 on CPU); "
+                                      "the methods always run in fp32.")
+@click.option("--feature-cache", type=click.Path(file_okay=False), default=None,
+              help="Keep the features in float16 memory-mapped files in this folder and reuse them in later runs "
+                   "(recorded in the run spec, as the fp16 rounding can change results slightly).")
+@click.option("--feature-memory", type=float, default=4.0, show_default=True, metavar="GIB",
+              help="Hold every image's features in RAM when they fit in this many GiB; otherwise stream them.")
+@click.option("--workers", "loader_workers", type=int, default=None,
+              help="DataLoader workers that decode and resize images (default: 4 on CUDA, 0 on CPU).")
 def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, device, batch_size, option_pairs,
-        results_dir, force, data_root, skip_bad_images, checkpoint):
-    """Evaluate methods on seeded GFSS episodes and store the results."""
-    from gfss_bench.benchmark.runner import RunSpec, execute, resolve_device
+        results_dir, force, data_root, skip_bad_images, checkpoint, image_size, queries, support_source,
+        min_support_pixels, single_novel_supports, feature_precision, feature_cache, feature_memory, loader_workers):
+    """Evaluate methods on seeded GFSS episodes and store the results.
+
+    Under `torchrun --nproc-per-node N -m gfss_bench run ...` the query batches are shared out among the
+    processes (one GPU each), the confusion matrices summed, and rank 0 writes the results.
+    """
+    from gfss_bench.benchmark import distributed
+    from gfss_bench.benchmark.features import FeatureConfig
+    from gfss_bench.benchmark.runner import RunSpec, default_precision, execute, resolve_device
     from gfss_bench.protocols import get_benchmark
     from gfss_bench.results.report import leaderboard, print_leaderboard
     from gfss_bench.results.store import ResultStore
@@ -93,7 +120,15 @@ def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, dev
     batch_size = bench.batch_size if batch_size is None else batch_size
     if batch_size < 1:
         raise GFSSError(f"--batch-size must be >= 1, got {batch_size}")
+    if loader_workers is not None and loader_workers < 0:
+        raise GFSSError(f"--workers must be >= 0, got {loader_workers}")
+    if feature_memory < 0:
+        raise GFSSError(f"--feature-memory must be >= 0, got {feature_memory}")
+    evaluation = _evaluation_overrides(image_size, queries, support_source, min_support_pixels, single_novel_supports)
+    bench.evaluation_settings(**evaluation)  # validates the values before anything runs
+    workers = distributed.from_environment(device)
     device_name = resolve_device(device).type
+    precision = default_precision(resolve_device(device)) if feature_precision == "auto" else feature_precision
     options = _parse_options(option_pairs, methods)
     for fold in folds:
         bench.check_fold(fold)
@@ -103,7 +138,8 @@ def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, dev
 
         loader = CheckpointSegmenterLoader()
         for fold in folds or range(bench.num_folds):
-            segmenters[fold] = loader.register(find_fold_checkpoint(checkpoint, fold, bench.dataset))
+            path = find_fold_checkpoint(checkpoint, fold, bench.dataset, bench.official_split(fold))
+            segmenters[fold] = loader.register(path)
         loader_kwargs["segmenter_loader"] = loader
     specs = []
     for method in methods:
@@ -112,12 +148,30 @@ def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, dev
                 for shot in shots:
                     extra = {"segmenter": segmenters[fold]} if fold in segmenters else {}
                     specs.append(RunSpec.create(method, benchmark, fold, protocol, shot, options[method],
-                                                runs=runs, seed=seed, convention=convention, device=device_name,
-                                                **extra))
-    results = execute(specs, ResultStore(results_dir), **loader_kwargs, batch_size=batch_size, force=force,
-                      data_root=Path(data_root) if data_root else None, skip_bad_images=skip_bad_images,
-                      log=_log)
-    print_leaderboard(leaderboard(results), console)
+                                                evaluation, runs=runs, seed=seed, convention=convention,
+                                                device=device_name, feature_precision=precision,
+                                                feature_cache=feature_cache is not None, **extra))
+    features = FeatureConfig(Path(feature_cache) if feature_cache else None, feature_memory, loader_workers)
+    try:
+        results = execute(specs, ResultStore(results_dir), **loader_kwargs, batch_size=batch_size, force=force,
+                          data_root=Path(data_root) if data_root else None, skip_bad_images=skip_bad_images,
+                          log=_log, features=features, workers=workers)
+    finally:
+        distributed.shutdown(workers)
+    if workers.is_main:
+        print_leaderboard(leaderboard(results), console)
+
+
+def _evaluation_overrides(image_size, queries, support_source, min_support_pixels, single_novel_supports) -> dict:
+    """The evaluation settings given on the command line (the rest keep the benchmark's official values)."""
+    chosen = {"image_size": image_size, "support_source": support_source, "min_support_pixels": min_support_pixels,
+              "single_novel_supports": single_novel_supports}
+    overrides = {key: value for key, value in chosen.items() if value is not None}
+    if queries is not None:
+        if queries != "all" and not queries.isdigit():
+            raise GFSSError(f"--queries must be a positive integer or 'all', got {queries!r}")
+        overrides["max_queries"] = None if queries == "all" else int(queries)
+    return overrides
 
 
 def _log(message: str) -> None:
@@ -353,37 +407,204 @@ def list_command():
 @click.option("--benchmark", "-b", default="synthetic5i", show_default=True)
 @click.option("--fold", "-f", "folds", multiple=True, type=int, help="Fold (repeatable); default: all.")
 @click.option("--protocol", "-p", "protocols", multiple=True, default=("practical",), show_default=True)
+@click.option("--arch", type=click.Choice(["small", "pspnet-resnet50"]), default=None,
+              help="small: the built-in segmenter of the synthetic benchmarks (their default); pspnet-resnet50: "
+                   "PSPNet-ResNet50 in DIaM's checkpoint layout (the default, and the only choice, on real ones).")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Dataset folder of a real benchmark (holds train.txt and val.txt).")
+@click.option("--backbone-weights", metavar="FILE|none", default=None,
+              help="pspnet-resnet50 (required): ImageNet ResNet-50 weights, torchvision's resnet50 .pth (7x7 stem) or "
+                   "semseg/PFENet's resnet50_v2.pth (deep stem); `none`: random initialisation (smoke tests only).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--steps", default=None, type=int, help="Optimisation steps (default: the shipped recipe's).")
+@click.option("--epochs", type=int, default=None,
+              help="pspnet-resnet50: epochs [default: 50 PASCAL, 20 COCO and synthetic].")
+@click.option("--steps", default=None, type=int,
+              help="Optimisation steps (small: default the shipped recipe's; pspnet-resnet50: instead of --epochs).")
+@click.option("--batch-size", type=int, default=None, help="pspnet-resnet50 [default: 12].")
+@click.option("--lr", type=float, default=None,
+              help="pspnet-resnet50: backbone lr; the head gets 10x; poly decay, power 0.9 [default: 0.0025].")
+@click.option("--crop-size", type=int, default=None,
+              help="pspnet-resnet50: training crop, (size-1) % 8 == 0 [default: the benchmark's image size: 417, "
+                   "97 synthetic].")
+@click.option("--rotate", type=float, default=None,
+              help="pspnet-resnet50: maximum random rotation in degrees, 0 for none [default: 10].")
+@click.option("--workers", type=int, default=None,
+              help="pspnet-resnet50: DataLoader workers for decoding and augmentation [default: 6 (at most the CPU "
+                   "count) on CUDA, 0 on CPU].")
+@click.option("--save-every", type=int, default=None,
+              help="pspnet-resnet50: steps between resume states [default: 1000]; Ctrl-C also saves one.")
+@click.option("--amp/--no-amp", default=None, help="pspnet-resnet50: float16 autocast [default: on with CUDA].")
+@click.option("--no-eval", is_flag=True, help="pspnet-resnet50: skip the val base mIoU at the end.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Write <benchmark>-fold<F>-<protocol>.pt/.json here (default: the cache).")
+              help="small: write <benchmark>-fold<F>-<protocol>.pt/.json here (default: the cache). "
+                   "pspnet-resnet50: write <benchmark>-<protocol>/fold<F>.pth/.json here [default: checkpoints].")
+@click.option("--force", is_flag=True,
+              help="small: train even when the shipped weights have this config (with --out they are copied). "
+                   "pspnet-resnet50: start over, discarding the resume state and a finished checkpoint.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-def train(benchmark, folds, protocols, seed, steps, out_dir, device):
-    """Train a base segmenter on the base classes of a fold (cross-entropy), as the protocol prescribes."""
+def train(benchmark, folds, protocols, arch, data_root, backbone_weights, seed, epochs, steps, batch_size, lr,
+          crop_size, rotate, workers, save_every, amp, no_eval, out_dir, force, device):
+    """Train a base segmenter on the base classes of a fold (cross-entropy), as the protocol prescribes.
+
+    pspnet-resnet50 saves resume states: rerunning an interrupted command continues where it stopped.
+    """
     import json
+    import os
 
     from gfss_bench.benchmark.runner import resolve_device
-    from gfss_bench.models.zoo import train_and_save
     from gfss_bench.protocols import get_benchmark, get_protocol
 
     bench = _choice("--benchmark", get_benchmark, benchmark)
-    if bench.dataset != "synthetic":
-        raise GFSSError(f"--benchmark {benchmark}: training on real data is not available yet; "
-                        "use synthetic5i or synthetic10i")
     for protocol in protocols:
         _choice("--protocol", get_protocol, protocol)
     for fold in folds:
         bench.check_fold(fold)
     if steps is not None and steps < 1:
         raise GFSSError(f"--steps must be >= 1, got {steps}")
+    arch = arch or ("small" if bench.dataset == "synthetic" else "pspnet-resnet50")
     device_name = resolve_device(device).type
+    if arch == "small":
+        from gfss_bench.models import zoo
+
+        if bench.dataset != "synthetic":
+            raise GFSSError(f"--arch small is the built-in segmenter of the synthetic benchmarks; {benchmark} needs "
+                            "--arch pspnet-resnet50")
+        given = [name for name, value in (
+            ("--data-root", data_root), ("--backbone-weights", backbone_weights), ("--epochs", epochs),
+            ("--batch-size", batch_size), ("--lr", lr), ("--crop-size", crop_size), ("--rotate", rotate),
+            ("--workers", workers), ("--save-every", save_every), ("--amp/--no-amp", amp),
+            ("--no-eval", no_eval or None)) if value is not None]
+        if given:
+            raise GFSSError(f"{', '.join(given)}: only for --arch pspnet-resnet50")
+        for protocol in protocols:
+            for fold in folds or range(bench.num_folds):
+                copied = out_dir is not None and seed == 0 and steps is None and not force and \
+                    zoo.copy_shipped(benchmark, fold, protocol, Path(out_dir))
+                path = copied or zoo.train_and_save(benchmark, fold, protocol, seed=seed, steps=steps,
+                                                    device=device_name, out_dir=Path(out_dir) if out_dir else None,
+                                                    command=" ".join(sys.argv))
+                manifest = json.loads(path.with_suffix(".json").read_text())
+                how = "shipped weights of this config (--force retrains)" if copied else \
+                    f"in {manifest['train_seconds']:.0f} s"
+                console.print(f"{benchmark} fold {fold} {protocol}: base mIoU {100 * manifest['val_base_miou']:.1f}% "
+                              f"{how} -> {path}")
+        return
+    from gfss_bench.models.pspnet_training import PSPNetTrainConfig, train_pspnet
+
+    if backbone_weights is None:
+        raise GFSSError("--arch pspnet-resnet50 starts from ImageNet weights: pass --backbone-weights FILE "
+                        "(torchvision's resnet50 .pth or semseg/PFENet's resnet50_v2.pth), or --backbone-weights none "
+                        "for a random initialisation (smoke tests only)")
+    settings = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "lr": lr, "crop_size": crop_size,
+                "rotate": rotate}
+    config = PSPNetTrainConfig(seed=seed, **{k: v for k, v in settings.items() if v is not None})
+    if workers is None:
+        workers = min(6, os.cpu_count() or 1) if device_name == "cuda" else 0
+    out = Path(out_dir or "checkpoints")
     for protocol in protocols:
         for fold in folds or range(bench.num_folds):
-            path = train_and_save(benchmark, fold, protocol, seed=seed, steps=steps, device=device_name,
-                                  out_dir=Path(out_dir) if out_dir else None, command=" ".join(sys.argv))
-            manifest = json.loads(path.with_suffix(".json").read_text())
-            console.print(f"{benchmark} fold {fold} {protocol}: base mIoU {100 * manifest['val_base_miou']:.1f}% "
-                          f"in {manifest['train_seconds']:.0f} s -> {path}")
+            _, info = train_pspnet(
+                benchmark, fold, protocol, config=config, out=out, device=device_name, workers=workers, amp=amp,
+                backbone_weights=None if backbone_weights.lower() == "none" else Path(backbone_weights),
+                data_root=Path(data_root) if data_root else None, evaluate=not no_eval, force=force,
+                command=" ".join(sys.argv), **({} if save_every is None else {"save_every": save_every}))
+            miou = f"base mIoU {100 * info['val_base_miou']:.1f}%" if "val_base_miou" in info else "trained"
+            console.print(f"{benchmark} fold {fold} {protocol}: {miou}"
+                          f"{' (already trained)' if info.get('already_trained') else ''} -> {info['path']}")
+        console.print(f"evaluate with: gfss-bench run --benchmark {benchmark} --protocol {protocol} --checkpoint "
+                      f"{out / f'{benchmark}-{protocol}'}" + (f" --data-root {data_root}" if data_root else ""),
+                      highlight=False)
+
+
+@cli.group()
+def data() -> None:
+    """Prepare and check the real datasets (PASCAL VOC 2012 + SBD, COCO 2014) that --data-root points to."""
+
+
+@data.group()
+def prepare() -> None:
+    """Write train.txt/val.txt (and COCO's label PNGs) into a dataset folder; see README "Datasets"."""
+
+
+_ROOT = click.option("--root", required=True, type=click.Path(file_okay=False),
+                     help="Dataset folder; becomes the --data-root of `gfss-bench run`.")
+_WORKERS = click.option("--workers", default=None, type=click.IntRange(min=1),
+                        help="Parallel processes [default: min(8, CPU count)].")
+
+
+@prepare.command(name="pascal")
+@_ROOT
+@click.option("--train-list", type=click.Path(dir_okay=False), default=None,
+              help="Use this list file (e.g. PFENet's/DIaM's lists/pascal/train.txt) verbatim as train.txt.")
+@click.option("--val-list", type=click.Path(dir_okay=False), default=None,
+              help="Use this list file verbatim as val.txt.")
+def prepare_pascal_command(root, train_list, val_list):
+    """PASCAL VOC 2012 (+ SBD): --root is VOCdevkit/VOC2012 with JPEGImages/ and SegmentationClassAug/."""
+    from gfss_bench.benchmark.prepare import prepare_pascal
+
+    summary = prepare_pascal(root, train_list, val_list)
+    for note in summary.notes:
+        err_console.print(f"warning: {note}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {Path(root) / 'train.txt'} ({summary.train_images} images, {summary.train_source}) and "
+                  f"{Path(root) / 'val.txt'} ({summary.val_images} images); check them with "
+                  f"`gfss-bench data verify pascal5i --root {root}`", highlight=False, soft_wrap=True)
+
+
+@prepare.command(name="coco")
+@_ROOT
+@_WORKERS
+def prepare_coco_command(root, workers):
+    """COCO 2014: --root holds train2014/, val2014/ and annotations/instances_{train,val}2014.json."""
+    from gfss_bench.benchmark.prepare import prepare_coco
+
+    summaries = prepare_coco(root, workers=workers, log=_log)
+    for split, summary in summaries.items():
+        console.print(f"{split}: {summary.images} images, {summary.built} labels built, {summary.kept} kept "
+                      "from an earlier run", highlight=False, soft_wrap=True)
+    console.print(f"wrote {Path(root) / 'train.txt'} and {Path(root) / 'val.txt'}; check them with "
+                  f"`gfss-bench data verify coco20i --root {root}`", highlight=False, soft_wrap=True)
+
+
+@data.command()
+@click.argument("benchmark")
+@_ROOT
+@click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val"]), default=("train", "val"),
+              show_default=True, help="Split to check (repeatable).")
+@_WORKERS
+@click.option("--show", "shown", default=20, show_default=True, type=click.IntRange(min=0),
+              help="Problems listed (all are counted; --json lists all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout instead of tables.")
+def verify(benchmark, root, splits, workers, shown, as_json):
+    """Check every listed image and label of a benchmark's dataset; exit code 1 when anything is wrong."""
+    import json
+
+    from gfss_bench.benchmark.verify import verify_dataset
+    from gfss_bench.protocols import get_benchmark
+
+    bench = _choice("BENCHMARK", get_benchmark, benchmark)
+    result = verify_dataset(bench, root, tuple(dict.fromkeys(splits)), workers)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        table = Table(title=f"{bench.name}: images holding each class")
+        table.add_column("id", justify="right")
+        table.add_column("class")
+        for split, counts in result.splits.items():
+            table.add_column(f"{split} ({counts.images} images)", justify="right")
+        for class_id, name in enumerate(bench.class_names, start=1):
+            table.add_row(str(class_id), name, *(str(counts.class_images[class_id - 1])
+                                                 for counts in result.splits.values()))
+        console.print(table)
+        for problem in result.problems[:shown]:
+            console.print(str(problem), highlight=False, soft_wrap=True)
+    if result.ok:
+        err_console.print(f"OK: {', '.join(f'{s} {c.images} images' for s, c in result.splits.items())}, "
+                          "no problems", highlight=False, soft_wrap=True)
+        return
+    err_console.print(f"{len(result.problems)} problem(s) found"
+                      f"{f'; the first {shown} are listed above' if 0 < shown < len(result.problems) else ''}",
+                      highlight=False, soft_wrap=True)
+    sys.exit(1)
 
 
 def main() -> None:

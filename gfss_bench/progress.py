@@ -8,6 +8,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True)
 
 
-def progress_bar(transient: bool = True) -> Progress:
+def progress_bar(transient: bool = True, enabled: bool = True) -> Progress:
+    """`enabled=False` hides it (e.g. on every torchrun rank but the first)."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, transient=transient, disable=not console.is_terminal)
+                    TimeRemainingColumn(), console=console, transient=transient,
+                    disable=not (enabled and console.is_terminal))

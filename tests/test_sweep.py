@@ -44,6 +44,10 @@ def test_expand_grid(tmp_path):
     assert specs[0] == RunSpec.create("diam", "synthetic10i", 0, "practical", 1,
                                       {"iterations": 3, "pi_strategy": "uniform"}, runs=2, device="cpu")
     assert len(expand(dict(config, folds=[1]))) == len(specs) // 2
+    tuned = expand(dict(config, evaluation={"max_queries": 40, "support_source": "train"}, feature_precision="bf16"))
+    assert {(s.evaluation.max_queries, s.evaluation.support_source, s.feature_precision) for s in tuned} == {
+        (40, "train", "bf16")}
+    assert {s.evaluation.image_size for s in tuned} == {97}  # the rest keep the benchmark's values
 
 
 @pytest.mark.parametrize("config,message", [
@@ -53,6 +57,9 @@ def test_expand_grid(tmp_path):
     ({"methods": ["diam"], "options": {"diam": {"iterations": "abc"}}}, "iterations"),
     ({"shots": ["one"]}, "'shots' must hold integers"),
     ({"folds": [7]}, "--fold 7 is out of range"),
+    ({"evaluation": {"queries": 5}}, "'evaluation' must map settings"),
+    ({"evaluation": {"image_size": 100}}, "--image-size must satisfy"),
+    ({"feature_precision": "fp8"}, "--feature-precision 'fp8' is unknown"),
 ])
 def test_bad_sweep_configs(tmp_path, config, message):
     with pytest.raises(GFSSError) as error:

@@ -1,9 +1,10 @@
 """Run specs, their ids, and the runner that evaluates methods on seeded episodes.
 
-A `RunSpec` (method + options, benchmark, fold, protocol, shot, runs, seed, convention, segmenter,
-device) hashes to a run id, which is the cache key and the result file name. Specs that share the
-data (benchmark, fold, protocol, segmenter, device) share one feature extraction and the same
-episodes, whatever the method.
+A `RunSpec` (method + options, benchmark, fold, protocol, shot, runs, seed, convention, segmenter, device,
+evaluation settings, feature precision) hashes to a run id, which is the cache key and the result file name.
+Specs that share the data (`RunSpec.data_key`) share one segmenter and one feature source; specs that share an
+episode (same shot, seed, run and evaluation settings) are evaluated together, batch by batch, so every query
+batch is decoded and passed through the segmenter once for all methods of an invocation.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gfss_bench.benchmark.distributed import SINGLE_PROCESS, Workers
 from gfss_bench.benchmark.episodes import Episode, make_episode, query_candidates
-from gfss_bench.benchmark.features import SplitFeatures, extract_features
+from gfss_bench.benchmark.features import (
+    EXTRACTION_CHUNK, PRECISIONS, Extractor, FeatureConfig, StoredFeatures, StreamedFeatures, chunked,
+    segmenter_fingerprint)
 from gfss_bench.benchmark.metrics import CONVENTIONS, confusion_matrix, scores
 from gfss_bench.errors import GFSSError
-from gfss_bench.methods import Method, Task, build_method
+from gfss_bench.methods import Fitted, Method, Task, build_method
 from gfss_bench.progress import progress_bar
-from gfss_bench.protocols import Benchmark, get_benchmark, get_protocol
+from gfss_bench.protocols import Benchmark, EvaluationSettings, get_benchmark, get_protocol
 from gfss_bench.results.store import ResultStore, canonical_json
 
 DEFAULT_SEED = 2023
@@ -54,17 +58,27 @@ class RunSpec:
     convention: str = "diam"
     segmenter: str = BUILTIN_SEGMENTER
     device: str = "cpu"
+    evaluation: Optional[EvaluationSettings] = None  # filled by `create` with the benchmark's official values
+    feature_precision: str = "fp32"  # autocast dtype of the feature extraction: fp32, fp16 or bf16
+    feature_cache: bool = False  # features went through the float16 on-disk cache (--feature-cache)
 
     @classmethod
     def create(cls, method: str, benchmark: str, fold: int, protocol: str, shot: int,
-               options: Optional[dict[str, Any]] = None, **kwargs: Any) -> "RunSpec":
-        """Validate every field and fill the method's full option set (defaults included)."""
+               options: Optional[dict[str, Any]] = None, evaluation: Optional[dict[str, Any]] = None,
+               **kwargs: Any) -> "RunSpec":
+        """Validate every field and fill the method's full option set and the evaluation settings (the
+        benchmark's official values, overridden by `evaluation`)."""
         built = build_method(method, **(options or {}))
-        get_benchmark(benchmark).check_fold(fold)
+        bench = get_benchmark(benchmark)
+        bench.check_fold(fold)
         get_protocol(protocol)
         if shot < 1:
             raise GFSSError(f"--shot must be >= 1, got {shot}")
-        spec = cls(method, _freeze(built.options()), benchmark, fold, protocol, shot, **kwargs)
+        if kwargs.get("feature_precision", "fp32") not in PRECISIONS:
+            raise GFSSError(f"--feature-precision {kwargs['feature_precision']!r} is unknown; choose from: "
+                            f"{', '.join(PRECISIONS)}")
+        spec = cls(method, _freeze(built.options()), benchmark, fold, protocol, shot,
+                   evaluation=bench.evaluation_settings(**(evaluation or {})), **kwargs)
         if spec.runs < 1:
             raise GFSSError(f"--runs must be >= 1, got {spec.runs}")
         if spec.convention not in CONVENTIONS:
@@ -85,7 +99,13 @@ class RunSpec:
 
     @property
     def data_key(self) -> tuple:
-        return (self.benchmark, self.fold, self.protocol, self.segmenter, self.device)
+        """Specs with equal keys share the segmenter and the features."""
+        return (self.benchmark, self.fold, self.protocol, self.segmenter, self.device, self.evaluation.image_size,
+                self.evaluation.support_source, self.feature_precision, self.feature_cache)
+
+    def episode_key(self, run: int) -> tuple:
+        """Specs with equal keys see the same episode in run `run`."""
+        return (self.shot, self.seed, run, self.evaluation)
 
 
 def _freeze(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -101,6 +121,11 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise GFSSError(f"--device {name!r} is unknown; choose from: auto, cpu, cuda")
     return torch.device(name)
+
+
+def default_precision(device: torch.device) -> str:
+    """fp16 autocast for feature extraction on CUDA, exact fp32 on the CPU."""
+    return "fp16" if device.type == "cuda" else "fp32"
 
 
 def provenance(device: torch.device) -> dict[str, Any]:
@@ -126,29 +151,37 @@ def provenance(device: torch.device) -> dict[str, Any]:
 
 @dataclass
 class EvaluationData:
-    """What every spec of one data key shares: the segmenter's classifier, features and episodes."""
+    """What every spec of one data key shares: the segmenter's classifier, the splits and their features."""
 
     benchmark: Benchmark
     base_weight: torch.Tensor
     base_bias: torch.Tensor
-    pixel_counts: np.ndarray
-    features: SplitFeatures
-    names: list[str]
+    pixel_counts: np.ndarray  # val split, [images, 256]
+    queries: Any  # StoredFeatures or StreamedFeatures of the val split
+    names: list[str]  # val image names
+    supports: Any  # the feature source of the support split (`queries` when supports come from val)
+    support_pixel_counts: Optional[np.ndarray] = None  # train split, when supports come from it
+    support_names_list: Optional[list[str]] = None
     skipped_images: list[dict] = dataclasses.field(default_factory=list)  # with --skip-bad-images
     segmenter_source: Optional[dict] = None  # e.g. the checkpoint file a `checkpoint:<sha>` segmenter came from
+    feature_storage: str = "memory"  # memory, disk or streamed
 
     def support_names(self, episode: Episode) -> list[list[str]]:
         """The image names of an episode's support set, as stored in results and checkpoints."""
-        return [[self.names[i] for i in group] for group in episode.supports]
+        names = self.support_names_list or self.names
+        return [[names[i] for i in group] for group in episode.supports]
+
+    def episode(self, spec: RunSpec, run: int) -> Episode:
+        return make_episode(self.benchmark, spec.fold, spec.shot, run, spec.seed, self.pixel_counts, spec.evaluation,
+                            self.support_pixel_counts)
 
 
-def _load_evaluation_data(spec: RunSpec, device: torch.device, batch_size: int,
-                          segmenter_loader: Callable, data_root: Optional[Path], skip_bad_images: bool = False,
-                          log: Callable[[str], None] = lambda message: None) -> EvaluationData:
+def _open_checked_split(benchmark: Benchmark, split_name: str, data_root: Optional[Path], skip_bad_images: bool,
+                        log: Callable[[str], None]):
+    """The split with its pixel counts, bad items left out (and listed) with `skip_bad_images`."""
     from gfss_bench.benchmark.datasets import open_split
 
-    benchmark = get_benchmark(spec.benchmark)
-    split = open_split(benchmark, "val", data_root)
+    split = open_split(benchmark, split_name, data_root)
     skipped = []
     if skip_bad_images:
         bad = split.find_bad_items()
@@ -165,17 +198,79 @@ def _load_evaluation_data(spec: RunSpec, device: torch.device, batch_size: int,
         raise GFSSError(f"label {split.items[image][1]} (listed in {split.list_file}) contains class id "
                         f"{unknown[0]}, outside {benchmark.name}'s 0..{benchmark.num_classes} and 255 (void); fix "
                         "the label file or pick the benchmark that matches the data")
+    return split, pixel_counts, skipped
+
+
+def _feature_bytes(num_images: int, num_channels: int, image_size: int) -> int:
+    """float32 bytes of `num_images` feature maps at output stride 8."""
+    side = (image_size - 1) // 8 + 1
+    return num_images * num_channels * side * side * 4
+
+
+def _load_evaluation_data(spec: RunSpec, device: torch.device, segmenter_loader: Callable,
+                          data_root: Optional[Path], skip_bad_images: bool, features: FeatureConfig,
+                          workers: Workers, log: Callable[[str], None]) -> EvaluationData:
+    benchmark, settings = get_benchmark(spec.benchmark), spec.evaluation
+    split, pixel_counts, skipped = _open_checked_split(benchmark, "val", data_root, skip_bad_images, log)
+    support_split = support_counts = None
+    if settings.support_source == "train":
+        support_split, support_counts, skipped_train = _open_checked_split(benchmark, "train", data_root,
+                                                                           skip_bad_images, log)
+        skipped += skipped_train
     segmenter = segmenter_loader(spec, device)
     weight, bias = segmenter.classifier_weight_and_bias()
     expected = len(benchmark.base_classes(spec.fold)) + 1
     if weight.shape[1] != expected:
         raise GFSSError(f"segmenter {spec.segmenter!r} has {weight.shape[1]} classifier outputs but "
                         f"{benchmark.name} fold {spec.fold} needs {expected} (background + base)")
-    features = extract_features(segmenter, split, query_candidates(benchmark, pixel_counts), benchmark.image_size,
-                                device, batch_size=batch_size,
-                                description=f"{benchmark.name} fold {spec.fold}: features")
+    loader_workers = features.workers_for(device)
+    extractor = Extractor(segmenter, split, settings.image_size, device, spec.feature_precision, loader_workers)
+    candidates = query_candidates(benchmark, pixel_counts)
+    if spec.feature_cache and features.cache_dir is None:
+        raise GFSSError("this run spec uses the on-disk feature cache: pass --feature-cache DIR")
+    memory_fits = _feature_bytes(len(candidates), weight.shape[0], settings.image_size) \
+        <= features.memory_limit_gib * 2 ** 30
+    if spec.feature_cache or memory_fits:
+        description = None
+        if spec.feature_cache:
+            description = {"segmenter": segmenter_fingerprint(segmenter), "list": split.cache_key(),
+                           "image_size": settings.image_size, "precision": spec.feature_precision,
+                           "device": device.type}
+        queries = StoredFeatures(extractor, candidates, features.cache_dir if spec.feature_cache else None,
+                                 description)
+        _fill(queries, workers, spec, log)
+        storage = "disk" if spec.feature_cache else "memory"
+    else:
+        queries, storage = StreamedFeatures(extractor), "streamed"
+        log(f"{benchmark.name}: features of {len(candidates)} images exceed --feature-memory "
+            f"{features.memory_limit_gib:g} GiB: streaming them batch by batch (pass --feature-cache DIR to keep "
+            "them on disk for later runs)")
+    supports = queries
+    if support_split is not None:
+        supports = StreamedFeatures(Extractor(segmenter, support_split, settings.image_size, device,
+                                              spec.feature_precision, loader_workers))
     return EvaluationData(benchmark, weight.detach().float().cpu(), bias.detach().float().cpu(), pixel_counts,
-                          features, list(split.names), skipped, getattr(segmenter, "checkpoint_source", None))
+                          queries, list(split.names), supports, support_counts,
+                          list(support_split.names) if support_split is not None else None, skipped,
+                          getattr(segmenter, "checkpoint_source", None), storage)
+
+
+def _fill(store: StoredFeatures, workers: Workers, spec: RunSpec, log: Callable[[str], None]) -> None:
+    """Extract the stored candidates' features. In memory every rank extracts all of them; on disk each rank
+    fills its share of the chunks and waits for the others."""
+    missing = store.missing_chunks()
+    mine = workers.shard(missing) if store.on_disk else missing
+    if store.on_disk and len(missing) < len(store.chunks):
+        log(f"feature cache {store.arrays.folder}: {len(store.chunks) - len(missing)} of {len(store.chunks)} "
+            "chunks already stored")
+    with progress_bar(enabled=workers.is_main) as progress:
+        bar = progress.add_task(f"{spec.benchmark} fold {spec.fold}: features",
+                                total=sum(len(store.chunks[c]) for c in mine))
+        store.fill(mine, on_chunk=lambda n: progress.advance(bar, n))
+    workers.barrier()
+    if store.missing_chunks():
+        raise GFSSError(f"the feature cache {store.arrays.folder} is still incomplete after filling it (another "
+                        "process may have been interrupted); rerun the command")
 
 
 def builtin_segmenter_loader(spec: RunSpec, device: torch.device):
@@ -192,56 +287,96 @@ def score_probabilities(probs: torch.Tensor, labels: torch.Tensor, num_classes: 
 
     Probabilities already at the label size (methods that decide at label resolution) are used as they are.
     """
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=probs.device)
+    labels = labels.to(probs.device)
     at_label_size = tuple(probs.shape[-2:]) == tuple(labels.shape[-2:])
     for start in range(0, probs.shape[0], chunk):
         upsampled = probs[start:start + chunk]
         if not at_label_size:
             upsampled = F.interpolate(upsampled, size=labels.shape[-2:], mode="bilinear", align_corners=True)
         confusion += confusion_matrix(upsampled.argmax(1), labels[start:start + chunk], num_classes)
-    return confusion
-
-
-def evaluate_episode(method: Method, data: EvaluationData, spec: RunSpec, episode: Episode,
-                     device: torch.device, batch_size: int, on_batch: Callable[[int], None] = lambda n: None
-                     ) -> torch.Tensor:
-    """The confusion matrix of one method on one episode: the method is fitted once on the episode's
-    support set (a task without queries), then predicts the queries batch by batch."""
-    benchmark, protocol = data.benchmark, get_protocol(spec.protocol)
-    num_classes = len(benchmark.episode_classes(spec.fold))
-    query_lut = torch.from_numpy(benchmark.episode_label_lut(spec.fold).astype(np.int64))
-    support_lut = torch.from_numpy(protocol.support_label_lut(benchmark, spec.fold).astype(np.int64))
-    flat = [i for group in episode.supports for i in group]
-    support_features, support_labels = data.features.select(flat)
-    n, k = len(episode.supports), spec.shot
-    support_features = support_features.reshape(n, k, *support_features.shape[1:]).to(device)
-    support_labels = support_lut[support_labels.long()].reshape(n, k, *support_labels.shape[1:]).to(device)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    fitted = None
-    for start in range(0, len(episode.queries), batch_size):
-        batch = episode.queries[start:start + batch_size]
-        query_features, query_labels = data.features.select(batch)
-        query_labels = query_lut[query_labels.long()]
-        task = Task(base_weight=data.base_weight.to(device), base_bias=data.base_bias.to(device),
-                    support_features=support_features, support_labels=support_labels,
-                    query_features=query_features.to(device), query_valid=(query_labels != 255).to(device),
-                    query_labels=query_labels.to(device) if method.is_oracle else None, seed=episode.seed)
-        if fitted is None:
-            fitted = method.fit(dataclasses.replace(task, query_features=task.query_features[:0],
-                                                    query_valid=task.query_valid[:0], query_labels=None))
-        probs = fitted.predict(task)
-        if not torch.isfinite(probs).all():
-            raise NonFiniteOutput(f"method {spec.method!r} produced NaN/inf probabilities on {benchmark.name} fold "
-                                  f"{spec.fold} run {episode.run} (episode seed {episode.seed}, queries "
-                                  f"{start}..{start + len(batch) - 1}); nothing was stored; try a smaller "
-                                  "learning rate")
-        confusion += score_probabilities(probs.float().cpu(), query_labels, num_classes)
-        on_batch(len(batch))
-    return confusion
+    return confusion.cpu()
 
 
 class NonFiniteOutput(GFSSError):
     """A method returned NaN/inf: the spec is abandoned and nothing of it is kept."""
+
+
+@dataclass
+class _SpecState:
+    """A spec being evaluated: its method, completed runs and the time its method took."""
+
+    spec: RunSpec
+    method: Method
+    runs: list[dict]
+    resumed: int
+    method_seconds: float = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return len(self.runs) >= self.spec.runs
+
+
+def _episode_batches(episode: Episode, batch_size: int) -> list[list[int]]:
+    return chunked(list(episode.queries), batch_size)
+
+
+def _support_task(data: EvaluationData, spec: RunSpec, episode: Episode, device: torch.device) -> Task:
+    """A task holding the episode's support set only (what `Method.fit` sees)."""
+    benchmark, protocol = data.benchmark, get_protocol(spec.protocol)
+    support_lut = torch.from_numpy(protocol.support_label_lut(benchmark, spec.fold).astype(np.int64))
+    flat = [i for group in episode.supports for i in group]
+    parts = list(data.supports.batches(chunked(flat, EXTRACTION_CHUNK)))
+    features = torch.cat([f for f, _ in parts]).to(device)
+    labels = support_lut[torch.cat([l for _, l in parts]).long()]
+    n, k = len(episode.supports), spec.shot
+    channels = features.shape[1]
+    return Task(base_weight=data.base_weight.to(device), base_bias=data.base_bias.to(device),
+                support_features=features.reshape(n, k, *features.shape[1:]),
+                support_labels=labels.reshape(n, k, *labels.shape[1:]).to(device),
+                query_features=features.new_zeros((0, channels, *features.shape[2:])),
+                query_valid=torch.zeros((0, *labels.shape[1:]), dtype=torch.bool, device=device),
+                query_labels=None, seed=episode.seed)
+
+
+def _evaluate_episode(states: list[_SpecState], data: EvaluationData, episode: Episode, device: torch.device,
+                      batch_size: int, workers: Workers, on_batch: Callable[[int], None]) -> list[torch.Tensor]:
+    """Confusion matrices of every state's method on one episode (summed over all ranks).
+
+    Each method is fitted once on the support set; then every query batch of this rank is extracted once and
+    predicted by every method.
+    """
+    benchmark, spec0 = data.benchmark, states[0].spec
+    num_classes = len(benchmark.episode_classes(spec0.fold))
+    query_lut = torch.from_numpy(benchmark.episode_label_lut(spec0.fold).astype(np.int64))
+    support_task = _support_task(data, spec0, episode, device)
+    fitted: list[Fitted] = []
+    for state in states:
+        started = time.perf_counter()
+        fitted.append(state.method.fit(support_task))
+        state.method_seconds += time.perf_counter() - started
+    confusions = [torch.zeros(num_classes, num_classes, dtype=torch.int64) for _ in states]
+    batches = _episode_batches(episode, batch_size)
+    local = workers.shard(list(enumerate(batches)))
+    for (number, batch), (query_features, query_labels) in zip(local, data.queries.batches([b for _, b in local])):
+        query_labels = query_lut[query_labels.long()].to(device)
+        valid = query_labels != 255
+        for state, fit, confusion in zip(states, fitted, confusions):
+            started = time.perf_counter()
+            task = dataclasses.replace(support_task, query_features=query_features, query_valid=valid,
+                                       query_labels=query_labels if state.method.is_oracle else None)
+            probs = fit.predict(task)
+            if not torch.isfinite(probs).all():
+                start = number * batch_size
+                raise NonFiniteOutput(
+                    f"method {state.spec.method!r} produced NaN/inf probabilities on {benchmark.name} fold "
+                    f"{state.spec.fold} run {episode.run} (episode seed {episode.seed}, queries "
+                    f"{start}..{start + len(batch) - 1}); nothing was stored; try a smaller learning rate")
+            confusion += score_probabilities(probs.float(), query_labels, num_classes)
+            state.method_seconds += time.perf_counter() - started
+        on_batch(len(batch) * len(states))
+    summed = workers.sum(torch.stack(confusions))
+    return list(summed)
 
 
 def _aggregate(per_run: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -258,27 +393,34 @@ def _aggregate(per_run: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: Optional[int] = None, force: bool = False,
             segmenter_loader: Callable = builtin_segmenter_loader, data_root: Optional[Path] = None,
-            log: Callable[[str], None] = lambda message: None, skip_bad_images: bool = False) -> list[dict]:
+            log: Callable[[str], None] = lambda message: None, skip_bad_images: bool = False,
+            features: FeatureConfig = FeatureConfig(), workers: Workers = SINGLE_PROCESS) -> list[dict]:
     """Evaluate every spec not yet stored (or all with `force`); return the results of all specs.
 
     Progress is checkpointed per run in `<run_id>.partial.json` (see `ResultStore.save_partial`): a spec
     interrupted after some runs resumes at its first missing run. A spec that another process stored in
     the meantime is loaded instead of being recomputed. With `skip_bad_images`, unreadable images and
     labels (or image/label size mismatches) are left out with a warning and listed in the result's
-    `skipped_images`; the run id does not change (see README, "Long sweeps").
+    `skipped_images`; the run id does not change (see README, "Long sweeps"). Under torchrun (`workers`),
+    every rank computes its share of the query batches; rank 0 alone reads checkpoints and writes results.
     """
     specs = list(dict.fromkeys(specs))
     results: dict[str, dict] = {}
+    if not workers.is_main:
+        log = lambda message: None  # noqa: E731 - only rank 0 reports
 
-    def load_stored(spec: RunSpec) -> bool:
-        """Take the stored result of `spec` when there is one (and `force` is off)."""
-        if force or not store.contains(spec.run_id):
-            return False
-        results[spec.run_id] = store.load(store.path_for(spec.run_id))
-        log(f"cached: {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot ({spec.run_id})")
-        return True
+    def load_stored(pending: list[RunSpec]) -> list[RunSpec]:
+        """Take the stored results (unless `force`); return the specs still to compute. Decided by rank 0."""
+        stored = {}
+        if workers.is_main and not force:
+            for spec in pending:
+                if store.contains(spec.run_id):
+                    stored[spec.run_id] = store.load(store.path_for(spec.run_id))
+                    log(f"cached: {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot ({spec.run_id})")
+        results.update(workers.agree(stored))
+        return [spec for spec in pending if spec.run_id not in results]
 
-    pending = [spec for spec in specs if not load_stored(spec)]
+    pending = load_stored(specs)
     groups: dict[tuple, list[RunSpec]] = defaultdict(list)
     for spec in pending:
         groups[spec.data_key].append(spec)
@@ -286,85 +428,109 @@ def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: Optiona
         device = resolve_device(group[0].device)
         group_batch_size = batch_size if batch_size is not None else get_benchmark(group[0].benchmark).batch_size
         started = time.perf_counter()
-        data = _load_evaluation_data(group[0], device, group_batch_size, segmenter_loader, data_root,
-                                     skip_bad_images, log)
+        data = _load_evaluation_data(group[0], device, segmenter_loader, data_root, skip_bad_images, features,
+                                     workers, log)
         shared_seconds = time.perf_counter() - started
-        for spec in group:
-            if load_stored(spec):  # stored by a concurrent process meanwhile
-                continue
-            if force:
+        group = load_stored(group)  # stored by a concurrent process meanwhile
+        if force and workers.is_main:
+            for spec in group:
                 store.remove_partial(spec.run_id)
-            try:
-                result = _evaluate_spec(spec, data, device, group_batch_size, store, log)
-            except NonFiniteOutput:
-                store.remove_partial(spec.run_id)  # store nothing of a diverged spec
-                raise
-            result["provenance"]["shared_setup_s"] = shared_seconds
-            store.save(result)
-            store.remove_partial(spec.run_id)
-            results[spec.run_id] = result
-            log(f"stored: {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot -> "
-                f"{store.path_for(spec.run_id)}")
+        try:
+            for result in _evaluate_group(group, data, device, group_batch_size, store, workers, log):
+                result["provenance"]["shared_setup_s"] = shared_seconds
+                spec = next(s for s in group if s.run_id == result["run_id"])
+                if workers.is_main:
+                    store.save(result)
+                    store.remove_partial(spec.run_id)
+                    log(f"stored: {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot -> "
+                        f"{store.path_for(spec.run_id)}")
+                results[spec.run_id] = result
+        except NonFiniteOutput:
+            if workers.is_main:
+                for spec in group:
+                    if spec.run_id not in results:
+                        store.remove_partial(spec.run_id)  # store nothing of a diverged spec
+            raise
     return [results[spec.run_id] for spec in specs]
 
 
-def _resumable_runs(store: Optional[ResultStore], spec: RunSpec, data: EvaluationData, episodes: list[Episode],
-                    log: Callable[[str], None]) -> list[dict]:
+def _resumable_runs(store: ResultStore, spec: RunSpec, data: EvaluationData, log: Callable[[str], None]
+                    ) -> list[dict]:
     """The completed runs of an interrupted evaluation of `spec`, when its checkpoint matches exactly."""
-    partial = store.load_partial(spec.run_id) if store is not None else None
+    partial = store.load_partial(spec.run_id)
     if partial is None:
         return []
     runs = partial.get("runs")
     ok = (partial.get("spec") == spec.to_dict() and partial.get("skipped_images") == data.skipped_images
-          and isinstance(runs, list) and len(runs) < len(episodes))
+          and isinstance(runs, list) and len(runs) < spec.runs)
     if ok:
-        for run, episode in zip(runs, episodes):
-            ok = ok and (run.get("run") == episode.run and run.get("seed") == episode.seed
-                         and run.get("num_queries") == len(episode.queries)
-                         and run.get("support_images") == data.support_names(episode))
+        for run in runs:
+            episode = data.episode(spec, run.get("run", -1)) if isinstance(run.get("run"), int) else None
+            ok = ok and episode is not None and (run.get("seed") == episode.seed
+                                                 and run.get("num_queries") == len(episode.queries)
+                                                 and run.get("support_images") == data.support_names(episode))
+        ok = ok and [run["run"] for run in runs] == list(range(len(runs)))
     if not ok:
         log(f"ignoring the checkpoint {store.partial_path_for(spec.run_id)}: it does not match the data or spec")
         return []
     log(f"resuming {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot at run {len(runs)} "
-        f"({len(runs)} of {len(episodes)} runs checkpointed)")
+        f"({len(runs)} of {spec.runs} runs checkpointed)")
     return runs
 
 
-def _evaluate_spec(spec: RunSpec, data: EvaluationData, device: torch.device, batch_size: int,
-                   store: Optional[ResultStore] = None, log: Callable[[str], None] = lambda message: None) -> dict:
+def _evaluate_group(group: list[RunSpec], data: EvaluationData, device: torch.device, batch_size: int,
+                    store: ResultStore, workers: Workers, log: Callable[[str], None]) -> Iterable[dict]:
+    """Evaluate the specs of one data key run by run; yield each spec's result when its last run is done."""
     benchmark = data.benchmark
-    method = spec.build()
-    num_base = len(benchmark.base_classes(spec.fold))
+    resumed = workers.agree({spec.run_id: _resumable_runs(store, spec, data, log) for spec in group}
+                            if workers.is_main else None)
+    states = [_SpecState(spec, spec.build(), list(resumed[spec.run_id]), len(resumed[spec.run_id]))
+              for spec in group]
+    plan: list[tuple[Episode, list[_SpecState]]] = []
+    for run in range(max(spec.runs for spec in group)):
+        shared: dict[tuple, list[_SpecState]] = defaultdict(list)
+        for state in states:
+            if len(state.runs) <= run < state.spec.runs:
+                shared[state.spec.episode_key(run)].append(state)
+        plan += [(data.episode(members[0].spec, run), members) for members in shared.values()]
+    total = sum(len(workers.shard(list(episode.queries))) * len(members) for episode, members in plan)
+    methods = ", ".join(dict.fromkeys(spec.method for spec in group))
     started = time.perf_counter()
-    episodes = [make_episode(benchmark, spec.fold, spec.shot, r, spec.seed, data.pixel_counts)
-                for r in range(spec.runs)]
-    runs = list(_resumable_runs(store, spec, data, episodes, log))
-    resumed = len(runs)
-    with progress_bar() as progress:
-        bar = progress.add_task(f"{spec.method} {benchmark.name} fold {spec.fold} {spec.shot}-shot",
-                                total=sum(len(e.queries) for e in episodes[resumed:]))
-        for episode in episodes[resumed:]:
-            confusion = evaluate_episode(method, data, spec, episode, device, batch_size,
-                                         on_batch=lambda n: progress.advance(bar, n))
-            runs.append({
-                "run": episode.run, "seed": episode.seed, "num_queries": len(episode.queries),
-                "support_images": data.support_names(episode),
-                "confusion": confusion.tolist(),
-                "scores": scores(confusion.numpy(), num_base, spec.convention).as_dict(),
-            })
-            if store is not None and len(runs) < len(episodes):
-                store.save_partial(spec.run_id, spec.to_dict(), runs, {"skipped_images": data.skipped_images})
+    with progress_bar(enabled=workers.is_main) as progress:
+        bar = progress.add_task(f"{methods} on {benchmark.name} fold {group[0].fold}", total=total)
+        for episode, members in plan:
+            confusions = _evaluate_episode(members, data, episode, device, batch_size, workers,
+                                           on_batch=lambda n: progress.advance(bar, n))
+            for state, confusion in zip(members, confusions):
+                spec = state.spec
+                state.runs.append({
+                    "run": episode.run, "seed": episode.seed, "num_queries": len(episode.queries),
+                    "support_images": data.support_names(episode), "confusion": confusion.tolist(),
+                    "scores": scores(confusion.numpy(), len(benchmark.base_classes(spec.fold)),
+                                     spec.convention).as_dict(),
+                })
+                if not state.finished and workers.is_main:
+                    store.save_partial(spec.run_id, spec.to_dict(), state.runs,
+                                       {"skipped_images": data.skipped_images})
+                if state.finished:
+                    yield _result_record(state, data, device, workers, time.perf_counter() - started)
+
+
+def _result_record(state: _SpecState, data: EvaluationData, device: torch.device, workers: Workers,
+                   group_seconds: float) -> dict:
+    spec, benchmark = state.spec, data.benchmark
     record = provenance(device)
-    record["wall_time_s"] = time.perf_counter() - started
-    record["resumed_runs"] = resumed
+    record.update({"wall_time_s": group_seconds, "method_time_s": state.method_seconds,
+                   "resumed_runs": state.resumed, "world_size": workers.world_size,
+                   "feature_storage": data.feature_storage})
     if data.segmenter_source is not None:
         record["segmenter_source"] = data.segmenter_source
     return {
-        "run_id": spec.run_id, "spec": spec.to_dict(), "oracle": method.is_oracle,
+        "run_id": spec.run_id, "spec": spec.to_dict(), "oracle": state.method.is_oracle,
         "convention": spec.convention, "convention_description": CONVENTIONS[spec.convention],
         "class_ids": list(benchmark.episode_classes(spec.fold)),
         "class_names": list(benchmark.episode_class_names(spec.fold)),
-        "num_base": num_base, "num_novel": len(benchmark.novel_classes(spec.fold)),
-        "runs": runs, "aggregate": _aggregate([r["scores"] for r in runs]), "provenance": record,
+        "num_base": len(benchmark.base_classes(spec.fold)), "num_novel": len(benchmark.novel_classes(spec.fold)),
+        "runs": state.runs, "aggregate": _aggregate([r["scores"] for r in state.runs]), "provenance": record,
         "skipped_images": data.skipped_images,
     }

@@ -15,6 +15,11 @@ Example (every list may also be a single value; `folds: all` or no `folds` means
       diam:
         iterations: [50, 100]
         pi_strategy: self
+    evaluation:           # optional: overrides of the benchmark's official evaluation settings
+      max_queries: 1000
+      support_source: val
+    feature_precision: fp32   # default: fp16 on CUDA, fp32 on CPU
+    feature_cache: /scratch/gfss-features   # optional float16 on-disk features
 
 The grid is methods x option settings x benchmarks x protocols x folds x shots x conventions. Specs
 already stored (by run id) are skipped, so rerunning the same sweep after a crash or a kill resumes
@@ -23,15 +28,22 @@ it; a spec interrupted between runs resumes at its first missing run (see `runne
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 from typing import Any, Optional
 
-from gfss_bench.benchmark.runner import DEFAULT_RUNS, DEFAULT_SEED, RunSpec, resolve_device
+from gfss_bench.benchmark.features import FeatureConfig
+from gfss_bench.benchmark.runner import DEFAULT_RUNS, DEFAULT_SEED, RunSpec, default_precision, resolve_device
 from gfss_bench.errors import GFSSError
+from gfss_bench.protocols import EvaluationSettings
 
 KEYS = {"results_dir", "methods", "benchmarks", "protocols", "folds", "shots", "runs", "seed", "conventions",
-        "options", "device", "batch_size", "data_root", "skip_bad_images"}
+        "options", "device", "batch_size", "data_root", "skip_bad_images", "evaluation", "feature_precision",
+        "feature_cache"}
+
+
+EVALUATION_FIELDS = {field.name for field in dataclasses.fields(EvaluationSettings)}
 
 
 def _as_list(config: dict, key: str, default: list, kind: type) -> list:
@@ -81,7 +93,12 @@ def expand(config: dict) -> list[RunSpec]:
     for key, value in (("runs", runs), ("seed", seed)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise GFSSError(f"sweep config: {key!r} must be an integer, got {value!r}")
-    device = resolve_device(str(config.get("device", "auto"))).type
+    device = resolve_device(str(config.get("device", "auto")))
+    precision = str(config.get("feature_precision", default_precision(device)))
+    evaluation = config.get("evaluation") or {}
+    if not isinstance(evaluation, dict) or set(evaluation) - EVALUATION_FIELDS:
+        raise GFSSError(f"sweep config: 'evaluation' must map settings to values; settings: "
+                        f"{', '.join(sorted(EVALUATION_FIELDS))}")
     options = config.get("options") or {}
     if not isinstance(options, dict):
         raise GFSSError("sweep config: 'options' must map a method name to its options")
@@ -108,9 +125,11 @@ def expand(config: dict) -> list[RunSpec]:
                     for fold in fold_list:
                         for shot in shots:
                             for convention in conventions:
-                                specs.append(RunSpec.create(method, benchmark, fold, protocol, shot, chosen,
-                                                            runs=runs, seed=seed, convention=convention,
-                                                            device=device))
+                                specs.append(RunSpec.create(
+                                    method, benchmark, fold, protocol, shot, chosen, evaluation, runs=runs,
+                                    seed=seed, convention=convention, device=device.type,
+                                    feature_precision=precision,
+                                    feature_cache=config.get("feature_cache") is not None))
     return list(dict.fromkeys(specs))
 
 
@@ -125,4 +144,6 @@ def run_sweep(config: dict, results_dir: Optional[Path | str] = None, **execute_
     execute_kwargs.setdefault("skip_bad_images", bool(config.get("skip_bad_images", False)))
     if config.get("data_root") is not None:
         execute_kwargs.setdefault("data_root", Path(config["data_root"]).expanduser())
+    if config.get("feature_cache") is not None:
+        execute_kwargs.setdefault("features", FeatureConfig(cache_dir=Path(config["feature_cache"]).expanduser()))
     return execute(specs, ResultStore(root), **execute_kwargs)

@@ -51,8 +51,8 @@ def resize_and_pad_uint8(image: np.ndarray, label: Optional[np.ndarray], size: i
 def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 [..., H, W, 3] (channels last) -> ImageNet-normalised float32 [..., 3, H, W]."""
     images = images_uint8.float().div_(255.0).movedim(-1, -3)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=images.device).view(3, 1, 1)
     return (images - mean) / std
 
 

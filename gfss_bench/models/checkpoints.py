@@ -6,9 +6,15 @@ Accepted files (all read with `torch.load(..., weights_only=True)`):
 - BAM's base learner: the same network with `cls.0`/`cls.1` for `bottleneck.0`/`bottleneck.1`, `cls.4` for
   `classifier`, and `encoder.N.*` duplicating `layerN.*`;
 - a bare state dict of either layout;
-- a segmenter file written by `gfss-bench train` (it carries its architecture).
+- a segmenter file written by `gfss-bench train`: the small synthetic segmenter (it carries its architecture),
+  or PSPNet-ResNet50 in DIaM's layout with its training metadata under 'gfss_bench'.
 
-The number of classifier outputs (B+1) is read from the classifier weight.
+The number of classifier outputs (B+1) is read from the classifier weight, the stem (`deep`, or `7x7` for
+networks initialised from torchvision's ResNet-50) from the shape of `layer0.0.weight`.
+
+`pspnet_from_backbone_weights` starts base training from an ImageNet ResNet-50 file in torchvision's layout
+(`conv1` 7x7, `bn1`, `layer1..4`, `fc`) or in the deep-stem layout of the semseg/PFENet `resnet50_v2` weights
+(`conv1/bn1`, `conv2/bn2`, `conv3/bn3`, `layer1..4`, `fc`).
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from typing import Optional, Union
 import torch
 
 from gfss_bench.errors import GFSSError
-from gfss_bench.models.pspnet import PSPNetResNet50
+from gfss_bench.models.pspnet import BACKBONE_MODULES, PSPNetResNet50
 
 CHECKPOINT_PREFIX = "checkpoint:"
+TRAINING_METADATA = "gfss_bench"  # key of the metadata that `gfss-bench train` adds to DIaM's layout
 _SUFFIXES = (".pth", ".pt", ".pth.tar", ".tar")
 
 
@@ -42,11 +49,7 @@ def _rename(key: str) -> Optional[str]:
 
 def convert_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
     """(state dict in this package's PSPNetResNet50 names, float32; the layout found: 'diam' or 'bam')."""
-    stripped = {}
-    for key, value in state.items():
-        while key.startswith("module."):
-            key = key[len("module."):]
-        stripped[key] = value
+    stripped = _strip_module_prefix(state)
     layout = "bam" if any(k.startswith(("cls.", "encoder.")) for k in stripped) else "diam"
     out: dict[str, torch.Tensor] = {}
     encoder: dict[str, torch.Tensor] = {}
@@ -60,6 +63,51 @@ def convert_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
         out.setdefault(key, value)
     out = {k: (v.float() if v.is_floating_point() else v) for k, v in out.items()}
     return out, layout
+
+
+def _strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys without DataParallel's `module.` prefix."""
+    stripped = {}
+    for key, value in state.items():
+        while key.startswith("module."):
+            key = key[len("module."):]
+        stripped[key] = value
+    return stripped
+
+
+def infer_stem(state: dict[str, torch.Tensor]) -> str:
+    """'7x7' when `layer0.0.weight` is a 7x7 conv (torchvision-initialised), else 'deep'."""
+    weight = state.get("layer0.0.weight")
+    return "7x7" if weight is not None and weight.dim() == 4 and weight.shape[-1] == 7 else "deep"
+
+
+def _mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str:
+    """'' when `state` has exactly the keys and shapes of `own` (BN counters may be absent and are filled in),
+    else a description of the first missing, unexpected and wrongly shaped keys."""
+    for key, value in own.items():  # old checkpoints lack BN counters, which do not affect inference
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = value
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(f"{k} {tuple(state[k].shape)} instead of {tuple(own[k].shape)}" for k in set(own) & set(state)
+                   if own[k].shape != state[k].shape)
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if keys:
+            parts.append(f"{len(keys)} {label} key(s): " + ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else ""))
+    return "; ".join(parts)
+
+
+def _state_dict_in(payload, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a loaded file: the payload itself or its 'state_dict'/'model'/'model_state_dict'."""
+    if isinstance(payload, dict) and not _is_state_dict(payload):
+        for name in ("state_dict", "model", "model_state_dict"):
+            if _is_state_dict(payload.get(name)):
+                return payload[name]
+    if not _is_state_dict(payload):
+        raise GFSSError(f"checkpoint {path} holds no state dict (expected a dict of tensors, or a dict with "
+                        "'state_dict')")
+    return payload
 
 
 def _read(path: Path):
@@ -87,43 +135,68 @@ def load_checkpoint_segmenter(path: Union[str, Path], expected_outputs: Optional
         model, _ = load_segmenter(path, device)
         layout = "gfss-bench"
     else:
-        state = payload
-        if isinstance(payload, dict) and not _is_state_dict(payload):
-            for name in ("state_dict", "model", "model_state_dict"):
-                if _is_state_dict(payload.get(name)):
-                    state = payload[name]
-                    break
-        if not _is_state_dict(state):
-            raise GFSSError(f"checkpoint {path} holds no state dict (expected a dict of tensors, or a dict with "
-                            "'state_dict')")
-        state, layout = convert_state_dict(state)
+        state, layout = convert_state_dict(_state_dict_in(payload, path))
         weight = state.get("classifier.weight")
         if weight is None or weight.dim() != 4 or weight.shape[1:] != (512, 1, 1):
             raise GFSSError(f"checkpoint {path} is not a PSPNet-ResNet50 ({layout} layout): no 'classifier.weight' "
                             "of shape [B+1, 512, 1, 1] (or 'cls.4.weight')")
-        model = PSPNetResNet50(int(weight.shape[0]))
-        own = model.state_dict()
-        for key, value in own.items():  # old checkpoints lack BN counters, which do not affect inference
-            if key.endswith("num_batches_tracked") and key not in state:
-                state[key] = value
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-        if missing or unexpected or wrong:
-            parts = []
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-                if keys:
-                    parts.append(f"{len(keys)} {label} key(s): " + ", ".join(keys[:5]) + (" ..." if len(keys) > 5
-                                                                                            else ""))
-            raise GFSSError(f"checkpoint {path} does not fit PSPNet-ResNet50 ({layout} layout): " + "; ".join(parts))
+        stem = infer_stem(state)
+        model = PSPNetResNet50(int(weight.shape[0]), stem=stem)
+        problems = _mismatch(model.state_dict(), state)
+        if problems:
+            raise GFSSError(f"checkpoint {path} does not fit PSPNet-ResNet50 ({layout} layout, {stem} stem): "
+                            + problems)
         model.load_state_dict(state, strict=True)
         model = model.eval().to(device)
+        model.training_metadata = payload.get(TRAINING_METADATA) if isinstance(payload, dict) else None
     if expected_outputs is not None and model.num_outputs != expected_outputs:
         raise GFSSError(f"checkpoint {path} has {model.num_outputs} classifier outputs (background + "
                         f"{model.num_outputs - 1} base classes) but {expected_for or 'the benchmark/fold'} needs "
                         f"{expected_outputs}; use the checkpoint trained for that benchmark and fold")
     model.checkpoint_layout = layout
     return model
+
+
+# ----------------------------------------------------------------------------------------- ImageNet backbones
+
+_DEEP_STEM = {"conv1.": "layer0.0.", "bn1.": "layer0.1.", "conv2.": "layer0.3.", "bn2.": "layer0.4.",
+              "conv3.": "layer0.6.", "bn3.": "layer0.7."}
+_TORCHVISION_STEM = {"conv1.": "layer0.0.", "bn1.": "layer0.1."}
+BACKBONE_LAYOUTS = ("torchvision's resnet50 (conv1 7x7, bn1, layer1..4, fc) or the deep-stem resnet50_v2 of "
+                    "semseg/PFENet (conv1/bn1, conv2/bn2, conv3/bn3, layer1..4, fc)")
+
+
+def pspnet_from_backbone_weights(path: Union[str, Path], num_outputs: int) -> tuple[PSPNetResNet50, dict]:
+    """A PSPNet-ResNet50 (train mode) whose layer0..layer4 come from an ImageNet ResNet-50 file, with the
+    stem that file can fill, and {'path', 'sha256', 'layout', 'stem', 'tensors'} (tensors: how many were
+    loaded). `fc` is dropped; the head keeps its random initialisation (seed torch before calling).
+
+    Every backbone tensor must be filled with the right shape: anything else is a GFSSError naming the file.
+    """
+    path = Path(path)
+    state = _strip_module_prefix(_state_dict_in(_read(path), path))
+    if "conv1.weight" not in state:
+        raise GFSSError(f"backbone weights {path} hold no 'conv1.weight': not an ImageNet ResNet-50 state dict in "
+                        f"{BACKBONE_LAYOUTS}")
+    deep = "conv2.weight" in state and "conv3.weight" in state
+    layout, stem, renames = ("deep-stem", "deep", _DEEP_STEM) if deep else ("torchvision", "7x7", _TORCHVISION_STEM)
+    mapped = {}
+    for key, value in state.items():
+        if key.startswith("fc."):
+            continue
+        prefix = next((p for p in renames if key.startswith(p)), None)
+        if prefix:
+            key = renames[prefix] + key[len(prefix):]
+        mapped[key] = value.float() if value.is_floating_point() else value
+    model = PSPNetResNet50(num_outputs, stem=stem)
+    own = {k: v for k, v in model.state_dict().items() if k.split(".", 1)[0] in BACKBONE_MODULES}
+    problems = _mismatch(own, mapped)
+    if problems:
+        raise GFSSError(f"backbone weights {path} ({layout} layout) do not fit ResNet-50: {problems}; expected "
+                        f"{BACKBONE_LAYOUTS}")
+    model.load_state_dict(mapped, strict=False)
+    return model.train(), {"path": str(path.resolve()), "sha256": file_sha256(path), "layout": layout, "stem": stem,
+                           "tensors": len(state) - sum(k.startswith("fc.") for k in state)}
 
 
 # ----------------------------------------------------------------------------------------- run --checkpoint
@@ -149,9 +222,12 @@ def _is_checkpoint_file(path: Path) -> bool:
     return path.is_file() and path.name.endswith(_SUFFIXES)
 
 
-def find_fold_checkpoint(checkpoint: Union[str, Path], fold: int, dataset: Optional[str] = None) -> Path:
+def find_fold_checkpoint(checkpoint: Union[str, Path], fold: int, dataset: Optional[str] = None,
+                         split: Optional[int] = None) -> Path:
     """The checkpoint for `fold`: `checkpoint` itself when it is a file, else in the folder
-    `<folder>/fold<F>.pth` or `<folder>/**/split<F>/**/*.pth` (DIaM's `model_ckpt/<dataset>/split<F>/...`)."""
+    `<folder>/fold<F>.pth` or `<folder>/**/split<S>/**/*.pth` (DIaM's `model_ckpt/<dataset>/split<S>/...`), where
+    S is the official split number (`split`, default `fold`; DIaM's PASCAL-10i folds are splits 10 and 11)."""
+    split = fold if split is None else split
     root = Path(checkpoint)
     if root.is_file():
         return root
@@ -160,14 +236,14 @@ def find_fold_checkpoint(checkpoint: Union[str, Path], fold: int, dataset: Optio
     candidates = {p for suffix in _SUFFIXES for p in root.glob(f"fold{fold}{suffix}") if p.is_file()}
     if not candidates:
         candidates = {p for p in root.glob("**/*") if _is_checkpoint_file(p)
-                      and f"split{fold}" in p.relative_to(root).parts[:-1]}
+                      and f"split{split}" in p.relative_to(root).parts[:-1]}
     if len(candidates) > 1 and dataset:  # model_ckpt/<dataset>/split<F>/...: keep the benchmark's dataset
         same = {p for p in candidates if dataset in p.relative_to(root).parts[:-1]}
         candidates = same or candidates
     if not candidates:
         raise GFSSError(f"--checkpoint folder {root} holds no checkpoint for fold {fold}: expected "
-                        f"{root / f'fold{fold}.pth'} or a .pth file under a split{fold}/ folder "
-                        f"(e.g. {root / (dataset or '<dataset>') / f'split{fold}' / 'pspnet_resnet50' / 'best.pth'})")
+                        f"{root / f'fold{fold}.pth'} or a .pth file under a split{split}/ folder "
+                        f"(e.g. {root / (dataset or '<dataset>') / f'split{split}' / 'pspnet_resnet50' / 'best.pth'})")
     if len(candidates) > 1:
         listed = ", ".join(str(p) for p in sorted(candidates)[:5])
         raise GFSSError(f"--checkpoint folder {root} holds {len(candidates)} checkpoints for fold {fold} ({listed}); "
@@ -205,6 +281,14 @@ class CheckpointSegmenterLoader:
         model = load_checkpoint_segmenter(path, expected, device=str(device),
                                           expected_for=f"{benchmark.name} fold {spec.fold} (background + "
                                                        f"{expected - 1} base classes)")
+        trained_for = getattr(model, "training_metadata", None)
+        if trained_for and trained_for.get("novel_classes") != list(benchmark.novel_classes(spec.fold)):
+            raise GFSSError(f"checkpoint {path} was trained by `gfss-bench train` for {trained_for.get('benchmark')} "
+                            f"fold {trained_for.get('fold')} (novel classes {trained_for.get('novel_classes')}), "
+                            f"not for {benchmark.name} fold {spec.fold} (novel classes "
+                            f"{list(benchmark.novel_classes(spec.fold))}): its base classes include novel ones")
         model.checkpoint_source = {"path": str(Path(path).resolve()), "sha256": file_sha256(path),
                                    "layout": model.checkpoint_layout}
+        if trained_for:
+            model.checkpoint_source["trained_for"] = {k: trained_for.get(k) for k in ("benchmark", "fold", "protocol")}
         return model

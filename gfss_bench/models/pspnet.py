@@ -2,8 +2,10 @@
 
 Module names follow the checkpoints users already have (DIaM's, after stripping `module.`):
 
-- `layer0`: deep stem, a Sequential whose indices 0..9 are conv3x3(3,64,s2)-BN-ReLU-conv3x3(64,64)-BN-ReLU-
-  conv3x3(64,128)-BN-ReLU-maxpool(3,s2,p1);
+- `layer0`: the stem, a Sequential. `deep` (DIaM's, and the semseg/PFENet `resnet50_v2` ImageNet weights):
+  indices 0..9 are conv3x3(3,64,s2)-BN-ReLU-conv3x3(64,64)-BN-ReLU-conv3x3(64,128)-BN-ReLU-maxpool(3,s2,p1).
+  `7x7` (torchvision's ImageNet ResNet-50, which cannot fill the deep stem): indices 0..3 are
+  conv7x7(3,64,s2,p3)-BN-ReLU-maxpool(3,s2,p1), and layer1 then takes 64 channels instead of 128;
 - `layer1`..`layer4`: ResNet-50 bottlenecks (conv1/bn1/conv2/bn2/conv3/bn3/downsample.0/downsample.1), the
   3x3 conv carrying the stride; every 3x3 conv of layer3 (layer4) has dilation and padding 2 (4) and stride
   1, and their downsample convs stride 1, so the output stride is 8;
@@ -29,6 +31,9 @@ from gfss_bench.models.segmenter import Segmenter
 PPM_BINS = (1, 2, 3, 6)
 FEATURE_CHANNELS = 512
 OUTPUT_STRIDE = 8
+STEM_CHANNELS = {"deep": 128, "7x7": 64}  # stem -> layer1 input channels
+STEMS = tuple(STEM_CHANNELS)
+BACKBONE_MODULES = ("layer0", "layer1", "layer2", "layer3", "layer4")  # ImageNet-initialised; the rest is the head
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -90,21 +95,32 @@ class PPM(nn.Module):
         return torch.cat(out, 1)
 
 
-class PSPNetResNet50(Segmenter):
-    """PSPNet on a dilated deep-stem ResNet-50 (output stride 8) with a 1x1 classifier over B+1 classes."""
-
-    architecture = "PSPNet-ResNet50"
-
-    def __init__(self, num_outputs: int, dropout: float = 0.1):
-        super().__init__()
-        if num_outputs < 2:
-            raise GFSSError(f"PSPNet-ResNet50 needs at least 2 classifier outputs (background + 1), got {num_outputs}")
-        self.layer0 = nn.Sequential(
+def _stem(kind: str) -> nn.Sequential:
+    """layer0 of the given stem (see the module docstring)."""
+    if kind == "deep":
+        return nn.Sequential(
             _conv3x3(3, 64, stride=2), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
             _conv3x3(64, 64), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
             _conv3x3(64, 128), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
             nn.MaxPool2d(3, stride=2, padding=1))
-        self.layer1 = _make_layer(128, 64, 3, stride=1, dilation=1)
+    if kind == "7x7":
+        return nn.Sequential(nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64),
+                             nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+    raise GFSSError(f"unknown PSPNet-ResNet50 stem {kind!r}; choose from: {', '.join(STEMS)}")
+
+
+class PSPNetResNet50(Segmenter):
+    """PSPNet on a dilated ResNet-50 (output stride 8, deep or 7x7 stem) with a 1x1 classifier over B+1 classes."""
+
+    architecture = "PSPNet-ResNet50"
+
+    def __init__(self, num_outputs: int, dropout: float = 0.1, stem: str = "deep"):
+        super().__init__()
+        if num_outputs < 2:
+            raise GFSSError(f"PSPNet-ResNet50 needs at least 2 classifier outputs (background + 1), got {num_outputs}")
+        self.stem = stem
+        self.layer0 = _stem(stem)
+        self.layer1 = _make_layer(STEM_CHANNELS[stem], 64, 3, stride=1, dilation=1)
         self.layer2 = _make_layer(256, 128, 4, stride=2, dilation=1)
         self.layer3 = _make_layer(512, 256, 6, stride=2, dilation=2)
         self.layer4 = _make_layer(1024, 512, 3, stride=2, dilation=4)

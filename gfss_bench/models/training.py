@@ -17,6 +17,7 @@ import argparse
 import math
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,12 +25,14 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 
 from gfss_bench.benchmark.datasets import SegmentationList, open_split
 from gfss_bench.benchmark.metrics import confusion_matrix, scores
 from gfss_bench.benchmark.transforms import IGNORE_LABEL, normalize, resize_and_pad_uint8
 from gfss_bench.errors import GFSSError
 from gfss_bench.models.small_pspnet import SmallPSPNet, SmallPSPNetConfig
+from gfss_bench.progress import progress_bar
 from gfss_bench.protocols import Benchmark, Protocol, get_benchmark, get_protocol
 
 
@@ -205,14 +208,25 @@ def train_base_segmenter(benchmark_name: str, fold: int, protocol_name: str, *, 
 
 # ----------------------------------------------------------------------------------------- evaluation
 
-_VAL_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+class _ResizedSplit(Dataset):
+    """Item i of a split resized and padded to `size`: (uint8 image [S, S, 3], uint8 original label [S, S])."""
+
+    def __init__(self, split: SegmentationList, size: int):
+        self.split, self.size = split, size
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = resize_and_pad_uint8(*self.split.load(index), self.size)
+        return torch.from_numpy(image), torch.from_numpy(label)
 
 
 @torch.no_grad()
 def evaluate_base_miou(model: torch.nn.Module, benchmark: Benchmark | str, fold: int,
                        protocol: Protocol | str | None = None, *, device: str = "cpu",
                        data_root: Optional[Path] = None, batch_size: int = 50,
-                       novel_pixels: str = "background") -> float:
+                       novel_pixels: str = "background", workers: int = 0, progress: bool = False) -> float:
     """Base mIoU (DIaM convention: mean IoU over the B base classes, background excluded) on val.
 
     Every val image is scored at `benchmark.image_size` (resize_and_pad): logits are upsampled
@@ -220,7 +234,8 @@ def evaluate_base_miou(model: torch.nn.Module, benchmark: Benchmark | str, fold:
     is compared with the nearest-resized label. The confusion matrix is over background + base
     classes; NOVEL val pixels count as background (the base segmenter cannot know them), void and
     padding (255) are ignored. The protocol does not change this evaluation (it is accepted for
-    symmetry with training). Classes with union 0 are skipped.
+    symmetry with training). Classes with union 0 are skipped. Images are streamed in batches
+    (decoded in `workers` DataLoader processes), so memory does not grow with the val set (COCO).
 
     `novel_pixels="ignore"` excludes novel pixels instead (a diagnostic: it separates how well base
     classes are recognised from how often novel objects are mistaken for base classes, which is
@@ -230,24 +245,25 @@ def evaluate_base_miou(model: torch.nn.Module, benchmark: Benchmark | str, fold:
         raise ValueError(f"novel_pixels must be 'background' or 'ignore', not {novel_pixels!r}")
     benchmark = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
     val = open_split(benchmark, "val", data_root)
-    key = (str(val.root), val.cache_key(), benchmark.image_size)
-    if key not in _VAL_CACHE:
-        _VAL_CACHE[key] = load_resized(val, benchmark.image_size)
-    images, labels = _VAL_CACHE[key]
     lut = get_protocol("practical").training_label_lut(benchmark, fold)  # novel -> 0, base 1..B
     if novel_pixels == "ignore":
         lut = lut.copy()
         lut[list(benchmark.novel_classes(fold))] = IGNORE_LABEL
-    labels = lut[labels]
+    lut = torch.from_numpy(lut.astype(np.int64))
     num_outputs = len(benchmark.base_classes(fold)) + 1
     was_training = model.training
     model.eval().to(device)
     confusion = torch.zeros(num_outputs, num_outputs, dtype=torch.int64)
-    for start in range(0, len(images), batch_size):
-        x = normalize(torch.from_numpy(images[start:start + batch_size])).to(device)
-        y = torch.from_numpy(labels[start:start + batch_size]).long()
-        logits = F.interpolate(model(x), size=y.shape[-2:], mode="bilinear", align_corners=True)
-        confusion += confusion_matrix(logits.argmax(1).cpu(), y, num_outputs)
+    loader = DataLoader(_ResizedSplit(val, benchmark.image_size), batch_size=batch_size, num_workers=workers)
+    with progress_bar() if progress else nullcontext() as bar:
+        task = None if bar is None else bar.add_task(f"{benchmark.name} fold {fold}: val base mIoU", total=len(val))
+        for images, labels in loader:
+            y = lut[labels.long()]
+            logits = F.interpolate(model(normalize(images).to(device)), size=y.shape[-2:], mode="bilinear",
+                                   align_corners=True)
+            confusion += confusion_matrix(logits.argmax(1).cpu(), y, num_outputs)
+            if bar is not None:
+                bar.advance(task, len(images))
     model.train(was_training)
     return scores(confusion, num_outputs - 1).base
 

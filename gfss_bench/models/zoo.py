@@ -143,6 +143,25 @@ def train_and_save(benchmark_name: str, fold: int, protocol_name: str, *, seed: 
     return path
 
 
+def copy_shipped(benchmark_name: str, fold: int, protocol_name: str, out_dir: Path) -> Optional[Path]:
+    """Copy the shipped weights and manifest to `out_dir/<benchmark>-fold<F>-<protocol>.pt/.json` when they
+    were trained with the current default config (seed 0, default steps), so that `gfss-bench train` need
+    not spend minutes redoing them; None (nothing copied) otherwise."""
+    name = weights_name(benchmark_name, fold, protocol_name)
+    shipped = WEIGHTS_DIR / f"{name}.pt"
+    manifest = read_manifest(benchmark_name, fold, protocol_name)
+    if manifest is None or not shipped.exists() or \
+            manifest.get("config_hash") != config_hash(benchmark_name, fold, protocol_name):
+        return None
+    path = Path(out_dir) / f"{name}.pt"
+    try:
+        atomic_write_bytes(path, shipped.read_bytes())
+        atomic_write_bytes(path.with_suffix(".json"), shipped.with_suffix(".json").read_bytes())
+    except OSError as error:
+        raise GFSSError(f"cannot write {path} ({error.strerror or error}); pick a writable --out") from None
+    return path
+
+
 # ----------------------------------------------------------------------------------------- entry point
 
 

@@ -1,9 +1,9 @@
 """Protocols (standard / practical) and benchmarks (folds and class splits)."""
 
-from gfss_bench.protocols.benchmarks import BENCHMARKS, Benchmark, get_benchmark, scaled_min_support_pixels
+from gfss_bench.protocols.benchmarks import BENCHMARKS, Benchmark, EvaluationSettings, get_benchmark, scaled_min_support_pixels
 from gfss_bench.protocols.protocols import PROTOCOLS, Protocol, get_protocol
 
 __all__ = [
-    "BENCHMARKS", "Benchmark", "get_benchmark", "scaled_min_support_pixels",
+    "BENCHMARKS", "Benchmark", "EvaluationSettings", "get_benchmark", "scaled_min_support_pixels",
     "PROTOCOLS", "Protocol", "get_protocol",
 ]

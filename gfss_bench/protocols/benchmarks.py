@@ -42,6 +42,38 @@ def scaled_min_support_pixels(image_size: int) -> int:
     return int(round(OFFICIAL_MIN_SUPPORT_PIXELS * (image_size / OFFICIAL_IMAGE_SIZE) ** 2))
 
 
+SUPPORT_SOURCES = ("val", "train")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How episodes are drawn and images prepared (facts §4); every benchmark has the official values as defaults.
+
+    `image_size`: square input side after resize + pad; `min_support_pixels`: least pixels of its novel class a
+    support image must have (original resolution); `max_queries`: queries per run after shuffling (None: every
+    eligible image); `support_source`: the split supports are drawn from ("val" as in DIaM, or "train");
+    `single_novel_supports`: a support image may contain no novel class but its own.
+    """
+
+    image_size: int
+    min_support_pixels: int
+    max_queries: Optional[int]
+    support_source: str = "val"
+    single_novel_supports: bool = True
+
+    def __post_init__(self):
+        if self.image_size < 9 or (self.image_size - 1) % 8:
+            raise GFSSError(f"--image-size must satisfy (S-1) % 8 == 0 and be at least 9 (e.g. 417 or 97), "
+                            f"got {self.image_size}")
+        if self.min_support_pixels < 1:
+            raise GFSSError(f"--min-support-pixels must be >= 1, got {self.min_support_pixels}")
+        if self.max_queries is not None and self.max_queries < 1:
+            raise GFSSError(f"--queries must be >= 1, got {self.max_queries}")
+        if self.support_source not in SUPPORT_SOURCES:
+            raise GFSSError(f"--support-source {self.support_source!r} is unknown; choose from: "
+                            f"{', '.join(SUPPORT_SOURCES)}")
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """A GFSS benchmark: a dataset, its class names, the novel classes of each fold and eval settings."""
@@ -56,6 +88,7 @@ class Benchmark:
     max_queries: Optional[int] = None  # None: every eligible val image
     shuffle_queries: bool = False
     batch_size: int = 16  # default number of queries adapted together (memory vs. speed)
+    official_split_offset: int = 0  # DIaM numbers PASCAL-10i's folds 0/1 as splits 10/11 (checkpoint folders)
 
     @property
     def num_classes(self) -> int:
@@ -65,6 +98,13 @@ class Benchmark:
     def num_folds(self) -> int:
         return len(self.fold_novel_classes)
 
+    def evaluation_settings(self, **overrides) -> EvaluationSettings:
+        """The official settings of this benchmark, with `overrides` (field name -> value) applied."""
+        settings = {"image_size": self.image_size, "min_support_pixels": self.min_support_pixels,
+                    "max_queries": self.max_queries}
+        settings.update(overrides)
+        return EvaluationSettings(**settings)
+
     def check_fold(self, fold: int) -> int:
         if not 0 <= fold < self.num_folds:
             raise GFSSError(
@@ -72,6 +112,10 @@ class Benchmark:
                 f"choose from: {', '.join(map(str, range(self.num_folds)))}"
             )
         return fold
+
+    def official_split(self, fold: int) -> int:
+        """The split number of `fold` in the official code's folder names (`model_ckpt/<dataset>/split<N>/`)."""
+        return self.check_fold(fold) + self.official_split_offset
 
     def novel_classes(self, fold: int) -> tuple[int, ...]:
         return tuple(sorted(self.fold_novel_classes[self.check_fold(fold)]))
@@ -116,7 +160,7 @@ _register(Benchmark(
     PASCAL_CLASSES, _contiguous_folds(20, 4)))
 _register(Benchmark(
     "pascal10i", "PASCAL VOC 2012 + SBD, equal split: 2 folds of 10 novel classes (10 base); DIaM's splits 10/11",
-    "pascal", PASCAL_CLASSES, _contiguous_folds(20, 2)))
+    "pascal", PASCAL_CLASSES, _contiguous_folds(20, 2), official_split_offset=10))
 _register(Benchmark(
     "coco20i", "COCO 2014, 4 interleaved folds of 20 novel classes (every 4th id; PFENet/DIaM split)", "coco",
     COCO_CLASSES, _interleaved_folds(80, 4), max_queries=10000, shuffle_queries=True))

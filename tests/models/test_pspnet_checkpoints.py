@@ -93,18 +93,32 @@ def test_checkpoint_folder_layouts(tmp_path):
     assert find_fold_checkpoint(tmp_path / "flat", 2) == tmp_path / "flat" / "fold2.pth"
     with pytest.raises(GFSSError, match="no checkpoint for fold 0"):
         find_fold_checkpoint(tmp_path / "model_ckpt", 0, "pascal")
+    ten = tmp_path / "model_ckpt" / "pascal" / "split11" / "pspnet_resnet50"
+    ten.mkdir(parents=True)
+    (ten / "best.pth").write_bytes(b"x")
+    assert find_fold_checkpoint(tmp_path / "model_ckpt", 1, "pascal", split=11) == ten / "best.pth"
+    assert find_fold_checkpoint(tmp_path / "model_ckpt", 1, "pascal") == diam / "best.pth"  # not split11
+    from gfss_bench.protocols import get_benchmark
+    assert [get_benchmark("pascal10i").official_split(f) for f in (0, 1)] == [10, 11]
+    assert get_benchmark("pascal5i").official_split(3) == 3
     (diam / "last.pth").write_bytes(b"x")
     with pytest.raises(GFSSError, match="2 checkpoints for fold 1"):
         find_fold_checkpoint(tmp_path / "model_ckpt", 1, "pascal")
 
 
 def test_run_with_checkpoint_folder(tmp_path):
-    """CLI end to end with a `gfss-bench train` segmenter file in DIaM's folder layout (fast on CPU); the
-    run id follows the file's contents and the result records the file."""
-    shipped = zoo.WEIGHTS_DIR / f"{zoo.weights_name('synthetic5i', 0, 'practical')}.pt"
+    """CLI end to end with a segmenter file written by `gfss-bench train` (which copies the shipped weights when
+    their config is the current one) in DIaM's folder layout: the run id follows the file's contents, the
+    result records the file, and the confusion matrices equal those of the built-in segmenter."""
+    trained = CliRunner().invoke(cli, ["train", "--benchmark", "synthetic5i", "--fold", "0", "--protocol", "practical",
+                                       "--out", str(tmp_path / "trained")])
+    assert trained.exit_code == 0, trained.output
+    assert "shipped weights of this config" in trained.output
+    written = tmp_path / "trained" / f"{zoo.weights_name('synthetic5i', 0, 'practical')}.pt"
+    assert written.read_bytes() == (zoo.WEIGHTS_DIR / written.name).read_bytes()
     ckpt = tmp_path / "model_ckpt" / "synthetic" / "split0" / "small" / "best.pth"
     ckpt.parent.mkdir(parents=True)
-    shutil.copy(shipped, ckpt)
+    shutil.copy(written, ckpt)
     args = ["run", "--benchmark", "synthetic5i", "--fold", "0", "--runs", "1", "--method", "base", "--device", "cpu",
             "--results-dir", str(tmp_path / "results"), "--checkpoint", str(tmp_path / "model_ckpt")]
     result = CliRunner().invoke(cli, args)
@@ -115,7 +129,10 @@ def test_run_with_checkpoint_folder(tmp_path):
     assert record["provenance"]["segmenter_source"]["path"] == str(ckpt.resolve())
     builtin = CliRunner().invoke(cli, args[:-2])
     assert builtin.exit_code == 0, builtin.output
-    assert len(list((tmp_path / "results").rglob("*.json"))) == 2  # other segmenter, other run id
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results").rglob("*.json")]
+    assert len(records) == 2  # other segmenter, other run id
+    (builtin_record,) = [r for r in records if r["spec"]["segmenter"] == "builtin"]
+    assert [r["confusion"] for r in builtin_record["runs"]] == [r["confusion"] for r in record["runs"]]
     bad = CliRunner().invoke(cli, args[:-1] + [str(tmp_path / "nowhere")])
     assert isinstance(bad.exception, GFSSError) and "does not exist" in str(bad.exception)  # main(): exit 2
 
@@ -131,3 +148,25 @@ def test_run_with_pspnet_checkpoint_file(reference, tmp_path):
     assert result.exit_code == 0, result.output
     (stored,) = list((tmp_path / "results").rglob("*.json"))
     assert json.loads(stored.read_text())["provenance"]["segmenter_source"]["layout"] == "diam"
+
+
+def test_a_checkpoint_trained_for_another_fold_is_refused(reference, tmp_path):
+    """`gfss-bench train` files carry the novel classes they were trained without; another fold's are refused."""
+    from gfss_bench.benchmark.runner import RunSpec
+    from gfss_bench.models.checkpoints import CheckpointSegmenterLoader
+
+    model, _, _ = reference
+    loader = CheckpointSegmenterLoader()
+    for fold, novel in ((1, [6, 7, 8, 9, 10]), (0, [1, 2, 3, 4, 5])):
+        path = tmp_path / f"trained-fold{fold}.pth"
+        torch.save({"state_dict": model.state_dict(),
+                    "gfss_bench": {"benchmark": "synthetic5i", "fold": fold, "protocol": "practical",
+                                   "novel_classes": novel}}, path)
+        spec = RunSpec.create("base", "synthetic5i", 0, "practical", 1, segmenter=loader.register(path))
+        if fold == 1:
+            with pytest.raises(GFSSError, match=r"trained by `gfss-bench train` for synthetic5i fold 1 .* not for "
+                                                r"synthetic5i fold 0"):
+                loader(spec, torch.device("cpu"))
+        else:
+            source = loader(spec, torch.device("cpu")).checkpoint_source
+            assert source["trained_for"] == {"benchmark": "synthetic5i", "fold": 0, "protocol": "practical"}
