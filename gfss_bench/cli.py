@@ -90,8 +90,9 @@ def cli() -> None:
 @click.option("--feature-cache", type=click.Path(file_okay=False), default=None,
               help="Keep the features in float16 memory-mapped files in this folder and reuse them in later runs "
                    "(recorded in the run spec, as the fp16 rounding can change results slightly).")
-@click.option("--feature-memory", type=float, default=4.0, show_default=True, metavar="GIB",
-              help="Hold every image's features in RAM when they fit in this many GiB; otherwise stream them.")
+@click.option("--feature-memory", type=float, default=None, metavar="GIB",
+              help="Hold every image's features in RAM when they fit in this many GiB (default: a quarter of the "
+                   "physical memory); otherwise stream them, once per run.")
 @click.option("--workers", "loader_workers", type=int, default=None,
               help="DataLoader workers that decode and resize images (default: 4 on CUDA, 0 on CPU).")
 def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, device, batch_size, option_pairs,
@@ -122,7 +123,7 @@ def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, dev
         raise GFSSError(f"--batch-size must be >= 1, got {batch_size}")
     if loader_workers is not None and loader_workers < 0:
         raise GFSSError(f"--workers must be >= 0, got {loader_workers}")
-    if feature_memory < 0:
+    if feature_memory is not None and feature_memory < 0:
         raise GFSSError(f"--feature-memory must be >= 0, got {feature_memory}")
     evaluation = _evaluation_overrides(image_size, queries, support_source, min_support_pixels, single_novel_supports)
     bench.evaluation_settings(**evaluation)  # validates the values before anything runs

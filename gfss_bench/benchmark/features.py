@@ -41,8 +41,14 @@ class FeatureConfig:
     rounds features to float16 and is therefore recorded in the run spec as `feature_cache`)."""
 
     cache_dir: Optional[Path] = None  # --feature-cache: float16 memory-mapped features, reused across invocations
-    memory_limit_gib: float = 4.0  # keep every candidate's features in RAM when they fit in this much
+    memory_limit_gib: Optional[float] = None  # keep every candidate's features in RAM when they fit in this
+    # much; None: a quarter of the machine's physical memory
     loader_workers: Optional[int] = None  # DataLoader workers; None: 4 on CUDA (at most the CPU count), 0 on CPU
+
+    def memory_limit_bytes(self) -> float:
+        if self.memory_limit_gib is not None:
+            return self.memory_limit_gib * 2 ** 30
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
 
     def workers_for(self, device: torch.device) -> int:
         if self.loader_workers is not None:

@@ -228,8 +228,8 @@ def _load_evaluation_data(spec: RunSpec, device: torch.device, segmenter_loader:
     candidates = query_candidates(benchmark, pixel_counts)
     if spec.feature_cache and features.cache_dir is None:
         raise GFSSError("this run spec uses the on-disk feature cache: pass --feature-cache DIR")
-    memory_fits = _feature_bytes(len(candidates), weight.shape[0], settings.image_size) \
-        <= features.memory_limit_gib * 2 ** 30
+    needed = _feature_bytes(len(candidates), weight.shape[0], settings.image_size)
+    memory_fits = needed <= features.memory_limit_bytes()
     if spec.feature_cache or memory_fits:
         description = None
         if spec.feature_cache:
@@ -242,9 +242,9 @@ def _load_evaluation_data(spec: RunSpec, device: torch.device, segmenter_loader:
         storage = "disk" if spec.feature_cache else "memory"
     else:
         queries, storage = StreamedFeatures(extractor), "streamed"
-        log(f"{benchmark.name}: features of {len(candidates)} images exceed --feature-memory "
-            f"{features.memory_limit_gib:g} GiB: streaming them batch by batch (pass --feature-cache DIR to keep "
-            "them on disk for later runs)")
+        log(f"{benchmark.name}: the features of {len(candidates)} images ({needed / 2 ** 30:.1f} GiB) exceed "
+            f"--feature-memory ({features.memory_limit_bytes() / 2 ** 30:.1f} GiB): streaming them batch by batch, "
+            "once per run (pass --feature-cache DIR to extract them once, on disk)")
     supports = queries
     if support_split is not None:
         supports = StreamedFeatures(Extractor(segmenter, support_split, settings.image_size, device,

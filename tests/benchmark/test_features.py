@@ -78,6 +78,18 @@ def test_loader_workers_do_not_change_features(split):
     assert torch.equal(serial, parallel)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_extraction_is_close_to_fp32_and_returns_fp32(split, precision):
+    batches = [list(range(8))]
+    exact, _ = _all(StreamedFeatures(_extractor(split)), batches)
+    reduced_extractor = _extractor(split)
+    reduced_extractor.precision = precision
+    reduced, _ = _all(StreamedFeatures(reduced_extractor), batches)
+    assert reduced.dtype == torch.float32
+    assert not torch.equal(reduced, exact)  # autocast really ran the convolution in reduced precision
+    assert torch.allclose(reduced, exact, rtol=0.05, atol=0.05 * float(exact.abs().max()))
+
+
 def _confusions(results):
     return [[run["confusion"] for run in result["runs"]] for result in results]
 
