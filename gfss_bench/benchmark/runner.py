@@ -287,7 +287,7 @@ def score_probabilities(probs: torch.Tensor, labels: torch.Tensor, num_classes: 
 
     Probabilities already at the label size (methods that decide at label resolution) are used as they are.
     """
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=probs.device)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # counted on the probabilities' device
     labels = labels.to(probs.device)
     at_label_size = tuple(probs.shape[-2:]) == tuple(labels.shape[-2:])
     for start in range(0, probs.shape[0], chunk):
@@ -295,7 +295,7 @@ def score_probabilities(probs: torch.Tensor, labels: torch.Tensor, num_classes: 
         if not at_label_size:
             upsampled = F.interpolate(upsampled, size=labels.shape[-2:], mode="bilinear", align_corners=True)
         confusion += confusion_matrix(upsampled.argmax(1), labels[start:start + chunk], num_classes)
-    return confusion.cpu()
+    return confusion
 
 
 class NonFiniteOutput(GFSSError):

@@ -170,3 +170,31 @@ def test_a_checkpoint_trained_for_another_fold_is_refused(reference, tmp_path):
         else:
             source = loader(spec, torch.device("cpu")).checkpoint_source
             assert source["trained_for"] == {"benchmark": "synthetic5i", "fold": 0, "protocol": "practical"}
+
+
+def test_features_match_an_independent_official_style_network(tmp_path):
+    """A DIaM-layout checkpoint of a network built the official way (dilation patched in after construction,
+    shared stem ReLU) gives the same features through `load_segmenter`, at 417x417 as in the evaluation."""
+    from gfss_bench.models import load_segmenter
+    from tests.models.official_pspnet_reference import OfficialPSPNet
+
+    torch.manual_seed(3)
+    official = OfficialPSPNet(16)
+    with torch.no_grad():
+        for module in official.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    official.eval()
+    path = tmp_path / "best.pth"
+    torch.save({"epoch": 1, "state_dict": {"module." + k: v for k, v in official.state_dict().items()}}, path)
+    loaded = load_segmenter(path, expected_outputs=16)
+    images = torch.randn(1, 3, 417, 417, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected, got = official.extract_features(images), loaded.extract_features(images)
+    assert got.shape == expected.shape == (1, 512, 53, 53)
+    assert (got - expected).abs().max() <= 1e-4 * max(1.0, float(expected.abs().max()))
+    weight, bias = loaded.classifier_weight_and_bias()
+    assert torch.equal(weight, official.classifier.weight[:, :, 0, 0].t()) and torch.equal(bias, official.classifier.bias)
