@@ -70,7 +70,7 @@ import torch.nn.functional as F
 
 from gfss_bench.errors import GFSSError
 from gfss_bench.methods.contract import Fitted, Method, Task, check_choice, register_method
-from gfss_bench.methods.diam import IGNORE, check_labels, check_task_shapes, downsample_nearest
+from gfss_bench.methods.common import IGNORE, check_labels, check_task_shapes, downsample_nearest
 
 SOLVERS = ("sklearn",)
 PREDICT_CHUNK = 16  # queries per chunk at label resolution (bounds memory)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from gfss_bench.errors import GFSSError
 from gfss_bench.methods.contract import Method, Task, register_method
-from gfss_bench.methods.diam import IGNORE, downsample_nearest
+from gfss_bench.methods.common import IGNORE, downsample_nearest
 from gfss_bench.methods.imprint import classifier_probs, imprinted_classifier
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from gfss_bench.methods.contract import Method, Task, register_method
-from gfss_bench.methods.diam import check_labels, check_task_shapes, downsample_nearest, novel_prototypes
+from gfss_bench.methods.common import check_labels, check_task_shapes, downsample_nearest, novel_prototypes
 
 
 def imprinted_classifier(task: Task, rescale: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

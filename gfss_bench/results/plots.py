@@ -8,9 +8,8 @@ series also differs by hatch or marker, so figures survive greyscale printing. E
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd

@@ -1,7 +1,5 @@
 """The synthetic generator: determinism, label validity, void borders, VOC layout, support eligibility."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image

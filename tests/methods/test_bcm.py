@@ -83,7 +83,6 @@ def ref_fit(x, y, grid):
 
 def ref_bcm(task, beta=0.5):
     """The whole method (bg_sampling off): table, heads (GridSearchCV), ensemble and label-res decision."""
-    nb, kc = task.num_base_and_bg, task.num_classes
     n, shots, c, h, w = task.support_features.shape
     table = ref_table(task)
     small = ref_small_labels(task)

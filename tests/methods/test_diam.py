@@ -9,7 +9,8 @@ import torch
 
 from gfss_bench.errors import GFSSError
 from gfss_bench.methods import build_method
-from gfss_bench.methods.diam import _query_grad, _query_probs, _Support, downsample_nearest
+from gfss_bench.methods.common import downsample_nearest
+from gfss_bench.methods.diam import _query_grad, _query_probs, _Support
 from tests.methods.diam_reference import ReferenceDIaM, reference_diam
 from tests.methods.tasks import make_task
 

@@ -75,6 +75,7 @@ def test_markdown_tables_parse_back():
     text = exports.markdown(nasty_results(), std=True)
     lines = [line for line in text.splitlines() if line.startswith("|")]
     header, separator, rows = lines[0], lines[1], lines[2:]
+    assert set(separator.replace("|", "").replace(":", "").strip()) <= {"-", " "}
     split = lambda line: [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
     assert split(header) == ["Method", "Folds", "base", "novel", "mean", "HM"]
     assert len(rows) == 3 and all(len(split(r)) == 6 for r in rows)
