@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 IGNORE_LABEL = 255
 
@@ -33,6 +34,24 @@ def confusion_matrix(prediction: torch.Tensor, target: torch.Tensor, num_classes
         raise ValueError(f"prediction outside 0..{num_classes - 1}")
     counts = torch.bincount(target * num_classes + prediction, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes).cpu()
+
+
+def score_probabilities(probs: torch.Tensor, labels: torch.Tensor, num_classes: int, chunk: int = 16
+                        ) -> torch.Tensor:
+    """Upsample [Q, K, h, w] class scores (probabilities, or logits for a base segmenter) bilinearly
+    (align_corners=True) to the label size, argmax, count (facts §4).
+
+    Scores already at the label size (methods that decide at label resolution) are used as they are.
+    """
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # counted on the probabilities' device
+    labels = labels.to(probs.device)
+    at_label_size = tuple(probs.shape[-2:]) == tuple(labels.shape[-2:])
+    for start in range(0, probs.shape[0], chunk):
+        upsampled = probs[start:start + chunk]
+        if not at_label_size:
+            upsampled = F.interpolate(upsampled, size=labels.shape[-2:], mode="bilinear", align_corners=True)
+        confusion += confusion_matrix(upsampled.argmax(1), labels[start:start + chunk], num_classes)
+    return confusion
 
 
 def per_class_iou(confusion: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -24,14 +24,13 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gfss_bench.benchmark.distributed import SINGLE_PROCESS, Workers
 from gfss_bench.benchmark.episodes import Episode, make_episode, query_candidates
 from gfss_bench.benchmark.features import (
     EXTRACTION_CHUNK, PRECISIONS, Extractor, FeatureConfig, StoredFeatures, StreamedFeatures, chunked,
     segmenter_fingerprint)
-from gfss_bench.benchmark.metrics import CONVENTIONS, confusion_matrix, scores
+from gfss_bench.benchmark.metrics import CONVENTIONS, score_probabilities, scores
 from gfss_bench.errors import GFSSError
 from gfss_bench.methods import Fitted, Method, Task, build_method
 from gfss_bench.progress import progress_bar
@@ -281,23 +280,6 @@ def builtin_segmenter_loader(spec: RunSpec, device: torch.device):
     return builtin_segmenter(spec.benchmark, spec.fold, spec.protocol, device=device)
 
 
-def score_probabilities(probs: torch.Tensor, labels: torch.Tensor, num_classes: int, chunk: int = 16
-                        ) -> torch.Tensor:
-    """Upsample [Q, K, h, w] probabilities bilinearly (align_corners=True) to the label size, argmax, count.
-
-    Probabilities already at the label size (methods that decide at label resolution) are used as they are.
-    """
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # counted on the probabilities' device
-    labels = labels.to(probs.device)
-    at_label_size = tuple(probs.shape[-2:]) == tuple(labels.shape[-2:])
-    for start in range(0, probs.shape[0], chunk):
-        upsampled = probs[start:start + chunk]
-        if not at_label_size:
-            upsampled = F.interpolate(upsampled, size=labels.shape[-2:], mode="bilinear", align_corners=True)
-        confusion += confusion_matrix(upsampled.argmax(1), labels[start:start + chunk], num_classes)
-    return confusion
-
-
 class NonFiniteOutput(GFSSError):
     """A method returned NaN/inf: the spec is abandoned and nothing of it is kept."""
 
@@ -315,10 +297,6 @@ class _SpecState:
     @property
     def finished(self) -> bool:
         return len(self.runs) >= self.spec.runs
-
-
-def _episode_batches(episode: Episode, batch_size: int) -> list[list[int]]:
-    return chunked(list(episode.queries), batch_size)
 
 
 def _support_task(data: EvaluationData, spec: RunSpec, episode: Episode, device: torch.device) -> Task:
@@ -356,8 +334,7 @@ def _evaluate_episode(states: list[_SpecState], data: EvaluationData, episode: E
         fitted.append(state.method.fit(support_task))
         state.method_seconds += time.perf_counter() - started
     confusions = [torch.zeros(num_classes, num_classes, dtype=torch.int64) for _ in states]
-    batches = _episode_batches(episode, batch_size)
-    local = workers.shard(list(enumerate(batches)))
+    local = workers.shard(list(enumerate(chunked(list(episode.queries), batch_size))))
     for (number, batch), (query_features, query_labels) in zip(local, data.queries.batches([b for _, b in local])):
         query_labels = query_lut[query_labels.long()].to(device)
         valid = query_labels != 255

@@ -8,7 +8,7 @@ so padded pixels become -mean/std) and 255 for the label; ImageNet mean/std norm
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -54,31 +54,3 @@ def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=images.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=images.device).view(3, 1, 1)
     return (images - mean) / std
-
-
-def resize_and_pad(image: np.ndarray, label: Optional[np.ndarray], size: int
-                   ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(float32 [3, size, size] normalised image, int64 [size, size] label or None)."""
-    image_u8, label_u8 = resize_and_pad_uint8(image, label, size)
-    image_t = normalize(torch.from_numpy(image_u8))
-    label_t = None if label_u8 is None else torch.from_numpy(label_u8.astype(np.int64))
-    return image_t, label_t
-
-
-def collate(pairs: Iterable[tuple[np.ndarray, np.ndarray]], size: int,
-            label_lut: Optional[np.ndarray] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch of (image, label) numpy pairs -> (float [B, 3, S, S], long [B, S, S]).
-
-    `label_lut` (uint8 [256]) remaps the labels (e.g. original ids -> episode labels) before
-    resizing; the padding stays 255.
-    """
-    images, labels = [], []
-    for image, label in pairs:
-        if label_lut is not None:
-            label = label_lut[label]
-        image_t, label_t = resize_and_pad(image, label, size)
-        images.append(image_t)
-        labels.append(label_t)
-    if not images:
-        raise ValueError("empty batch")
-    return torch.stack(images), torch.stack(labels)

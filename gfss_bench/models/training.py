@@ -3,7 +3,7 @@
 Training follows the protocol (facts §3): `standard` drops every training image containing a novel
 class; `practical` keeps them with the novel pixels labelled background. The loss is plain pixel
 cross-entropy over background + base classes (255 ignored) at the padded input resolution, on
-images prepared with `resize_and_pad` at `benchmark.image_size`, with random horizontal flips.
+images prepared with `resize_and_pad_uint8` at `benchmark.image_size`, with random horizontal flips.
 
 Command line (also what the shipped weights were produced with):
 
@@ -25,10 +25,10 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
 from gfss_bench.benchmark.datasets import SegmentationList, open_split
-from gfss_bench.benchmark.metrics import confusion_matrix, scores
+from gfss_bench.benchmark.features import Extractor, chunked
+from gfss_bench.benchmark.metrics import score_probabilities, scores
 from gfss_bench.benchmark.transforms import IGNORE_LABEL, normalize, resize_and_pad_uint8
 from gfss_bench.errors import GFSSError
 from gfss_bench.models.small_pspnet import SmallPSPNet, SmallPSPNetConfig
@@ -208,20 +208,6 @@ def train_base_segmenter(benchmark_name: str, fold: int, protocol_name: str, *, 
 
 # ----------------------------------------------------------------------------------------- evaluation
 
-class _ResizedSplit(Dataset):
-    """Item i of a split resized and padded to `size`: (uint8 image [S, S, 3], uint8 original label [S, S])."""
-
-    def __init__(self, split: SegmentationList, size: int):
-        self.split, self.size = split, size
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = resize_and_pad_uint8(*self.split.load(index), self.size)
-        return torch.from_numpy(image), torch.from_numpy(label)
-
-
 @torch.no_grad()
 def evaluate_base_miou(model: torch.nn.Module, benchmark: Benchmark | str, fold: int,
                        protocol: Protocol | str | None = None, *, device: str = "cpu",
@@ -229,7 +215,7 @@ def evaluate_base_miou(model: torch.nn.Module, benchmark: Benchmark | str, fold:
                        novel_pixels: str = "background", workers: int = 0, progress: bool = False) -> float:
     """Base mIoU (DIaM convention: mean IoU over the B base classes, background excluded) on val.
 
-    Every val image is scored at `benchmark.image_size` (resize_and_pad): logits are upsampled
+    Every val image is scored at `benchmark.image_size` (resize_and_pad_uint8): logits are upsampled
     bilinearly (align_corners=True) from feature resolution and their argmax over background + base
     is compared with the nearest-resized label. The confusion matrix is over background + base
     classes; NOVEL val pixels count as background (the base segmenter cannot know them), void and
@@ -254,16 +240,13 @@ def evaluate_base_miou(model: torch.nn.Module, benchmark: Benchmark | str, fold:
     was_training = model.training
     model.eval().to(device)
     confusion = torch.zeros(num_outputs, num_outputs, dtype=torch.int64)
-    loader = DataLoader(_ResizedSplit(val, benchmark.image_size), batch_size=batch_size, num_workers=workers)
+    extractor = Extractor(model, val, benchmark.image_size, torch.device(device), workers=workers)
     with progress_bar() if progress else nullcontext() as bar:
         task = None if bar is None else bar.add_task(f"{benchmark.name} fold {fold}: val base mIoU", total=len(val))
-        for images, labels in loader:
-            y = lut[labels.long()]
-            logits = F.interpolate(model(normalize(images).to(device)), size=y.shape[-2:], mode="bilinear",
-                                   align_corners=True)
-            confusion += confusion_matrix(logits.argmax(1).cpu(), y, num_outputs)
+        for features, labels in extractor.run(chunked(range(len(val)), batch_size)):
+            confusion += score_probabilities(model.classifier(features), lut[labels.long()], num_outputs)
             if bar is not None:
-                bar.advance(task, len(images))
+                bar.advance(task, len(labels))
     model.train(was_training)
     return scores(confusion, num_outputs - 1).base
 

@@ -1,11 +1,11 @@
-"""resize_and_pad against hand-computed expectations (facts §4)."""
+"""The evaluation preprocessing (resize + pad, then normalise) against hand-computed expectations (facts §4)."""
 
 import numpy as np
 import pytest
 import torch
 
-from gfss_bench.benchmark.transforms import (IMAGENET_MEAN, IMAGENET_STD, collate, resize_and_pad,
-                                             resize_and_pad_uint8, resized_shape)
+from gfss_bench.benchmark.features import _PreparedBatches
+from gfss_bench.benchmark.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_and_pad_uint8, resized_shape
 
 
 def test_resized_shape_floors_each_side_to_a_multiple_of_8():
@@ -21,9 +21,10 @@ def test_image_values_padding_and_normalisation():
     image = np.zeros((20, 10, 3), dtype=np.uint8)
     image[...] = (10, 200, 30)
     label = np.zeros((20, 10), dtype=np.uint8)
-    image_t, label_t = resize_and_pad(image, label, 17)
+    image_u8, label_t = resize_and_pad_uint8(image, label, 17)
+    image_t = normalize(torch.from_numpy(image_u8))  # what the feature extractor does with each batch
     assert image_t.shape == (3, 17, 17) and image_t.dtype == torch.float32
-    assert label_t.shape == (17, 17) and label_t.dtype == torch.int64
+    assert label_t.shape == (17, 17) and label_t.dtype == np.uint8
     mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
     inside = (torch.tensor([10, 200, 30]) / 255.0 - mean) / std
     padding = -mean / std
@@ -59,20 +60,26 @@ def test_bilinear_image_resize_interpolates():
     assert 0 < out[0, 3, 0] < 255 or 0 < out[0, 4, 0] < 255  # a blended column at the edge
 
 
-def test_collate_batches_and_remaps_labels():
-    lut = np.full(256, 255, dtype=np.uint8)
-    lut[0], lut[5] = 0, 1
+class _Split:
+    """Two (image, label) pairs, as SegmentationList.load gives them."""
+
     pairs = [(np.zeros((10, 12, 3), np.uint8), np.full((10, 12), 5, np.uint8)),
              (np.zeros((7, 3, 3), np.uint8), np.zeros((7, 3), np.uint8))]
-    images, labels = collate(pairs, 9, label_lut=lut)
-    assert images.shape == (2, 3, 9, 9) and labels.shape == (2, 9, 9)
+
+    def load(self, index):
+        return self.pairs[index]
+
+
+def test_prepared_batches_stack_resized_images_and_labels():
+    images, labels = _PreparedBatches(_Split(), [[0, 1]], 9)[0]
+    assert images.shape == (2, 9, 9, 3) and labels.shape == (2, 9, 9)
     # 10x12 at size 9: h = 10*9//12 = 7 floors to 0, clamped to the minimum 8; w = 9 -> 8.
-    assert (labels[0, :8, :8] == 1).all() and (labels[0, 8, :] == 255).all()
+    assert (labels[0, :8, :8] == 5).all() and (labels[0, 8, :] == 255).all()
     assert set(torch.unique(labels[1]).tolist()) == {0, 255}
 
 
 def test_rejects_mismatched_shapes():
     with pytest.raises(ValueError):
-        resize_and_pad(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5), np.uint8), 8)
+        resize_and_pad_uint8(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5), np.uint8), 8)
     with pytest.raises(ValueError):
-        resize_and_pad(np.zeros((4, 4), np.uint8), None, 8)
+        resize_and_pad_uint8(np.zeros((4, 4), np.uint8), None, 8)

@@ -14,17 +14,24 @@ from gfss_bench.models.checkpoints import find_fold_checkpoint, load_checkpoint_
 from gfss_bench.models.pspnet import PSPNetResNet50
 
 
+def _randomise_batchnorm(model, mean, var, weight=None, bias=None):
+    """Draw every BN layer's running statistics (and, when ranges are given, its affine parameters) uniformly,
+    so that checkpoints carry non-trivial values; returns the model in eval mode."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                for tensor, bounds in ((module.running_mean, mean), (module.running_var, var),
+                                       (module.weight, weight), (module.bias, bias)):
+                    if bounds is not None:
+                        tensor.uniform_(*bounds)
+    return model.eval()
+
+
 @pytest.fixture(scope="module")
 def reference():
     """A randomly initialised PSPNet-ResNet50 (B+1 = 16) with non-trivial BN statistics, and its features."""
     torch.manual_seed(0)
-    model = PSPNetResNet50(16)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-    model.eval()
+    model = _randomise_batchnorm(PSPNetResNet50(16), mean=(-0.1, 0.1), var=(0.5, 1.5))
     images = torch.randn(2, 3, 33, 33, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         features = model.extract_features(images)
@@ -179,17 +186,10 @@ def test_features_match_an_independent_official_style_network(tmp_path):
     from tests.models.official_pspnet_reference import OfficialPSPNet
 
     torch.manual_seed(3)
-    official = OfficialPSPNet(16)
-    with torch.no_grad():
-        for module in official.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-    official.eval()
+    official = _randomise_batchnorm(OfficialPSPNet(16), mean=(-0.2, 0.2), var=(0.5, 2.0), weight=(0.5, 1.5),
+                                    bias=(-0.2, 0.2))
     path = tmp_path / "best.pth"
-    torch.save({"epoch": 1, "state_dict": {"module." + k: v for k, v in official.state_dict().items()}}, path)
+    torch.save(_diam_layout(official), path)
     loaded = load_segmenter(path, expected_outputs=16)
     images = torch.randn(1, 3, 417, 417, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
