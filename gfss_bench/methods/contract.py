@@ -88,6 +88,9 @@ class Method:
     """
 
     name: ClassVar[str] = ""
+    # Version of the method's numerics: bump it whenever a change alters the method's outputs, so that the run id
+    # changes and no result of the old code is served as a cache hit (see RunSpec.method_version).
+    version: ClassVar[int] = 1
 
     @property
     def is_oracle(self) -> bool:
