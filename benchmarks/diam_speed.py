@@ -50,8 +50,10 @@ def _reset_peak() -> bool:
         return False
 
 
-def build_task(shape: str, seed: int = 0):
-    """Seeded random inputs, built in place (no large temporaries that would inflate the baseline)."""
+def build_task(shape: str, seed: int = 0, queries: int = QUERIES, channels: int = CHANNELS, feat: int = FEAT,
+               label: int = LABEL):
+    """Seeded random inputs, built in place (no large temporaries that would inflate the baseline).
+    The sizes default to the real ones; benchmarks/gpu_check.py also builds larger batches and tiny shapes."""
     import torch
 
     from gfss_bench.methods.contract import Task
@@ -59,21 +61,21 @@ def build_task(shape: str, seed: int = 0):
     spec = SHAPES[shape]
     nb, n, k = spec["num_base_and_bg"], spec["num_novel"], spec["shots"]
     gen = torch.Generator().manual_seed(seed)
-    base_weight = torch.randn(CHANNELS, nb, generator=gen).mul_(0.05)
+    base_weight = torch.randn(channels, nb, generator=gen).mul_(0.05)
     base_bias = torch.randn(nb, generator=gen).mul_(0.1)
-    sfeat = torch.randn(n, k, CHANNELS, FEAT, FEAT, generator=gen).relu_()
-    qfeat = torch.randn(QUERIES, CHANNELS, FEAT, FEAT, generator=gen).relu_()
-    slab = torch.zeros(n, k, LABEL, LABEL, dtype=torch.long)
+    sfeat = torch.randn(n, k, channels, feat, feat, generator=gen).relu_()
+    qfeat = torch.randn(queries, channels, feat, feat, generator=gen).relu_()
+    slab = torch.zeros(n, k, label, label, dtype=torch.long)
     for j in range(n):
         for s in range(k):
-            y0, x0 = torch.randint(0, LABEL // 2, (2,), generator=gen).tolist()
-            hh, ww = torch.randint(LABEL // 8, LABEL // 2, (2,), generator=gen).tolist()
+            y0, x0 = torch.randint(0, label // 2, (2,), generator=gen).tolist()
+            hh, ww = torch.randint(label // 8, label // 2, (2,), generator=gen).tolist()
             slab[j, s, y0:y0 + hh, x0:x0 + ww] = nb + j
-            pad = int(torch.randint(0, LABEL // 4, (1,), generator=gen))
+            pad = int(torch.randint(0, label // 4, (1,), generator=gen))
             if pad:
-                slab[j, s, LABEL - pad:, :] = 255  # padding, as for non-square images
-    qlab = torch.randint(0, nb + n, (QUERIES, LABEL, LABEL), generator=gen)
-    qlab[:, :, LABEL - 40:] = 255
+                slab[j, s, label - pad:, :] = 255  # padding, as for non-square images
+    qlab = torch.randint(0, nb + n, (queries, label, label), generator=gen)
+    qlab[:, :, label - 40 * label // LABEL:] = 255  # 40 columns at 417
     return Task(base_weight=base_weight, base_bias=base_bias, support_features=sfeat, support_labels=slab,
                 query_features=qfeat, query_valid=qlab != 255, query_labels=qlab)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from gfss_bench.benchmark.runner import RunSpec, execute
+from gfss_bench.results.board import Leaderboard
 from gfss_bench.results.report import leaderboard, print_leaderboard
 from gfss_bench.results.store import ResultStore
 
@@ -27,8 +28,9 @@ def main() -> None:
     folds = range(get_benchmark(args.benchmark).num_folds)
     specs = [RunSpec.create(method, args.benchmark, fold, args.protocol, shot)
              for method in ("base", "imprint", "finetune", "diam") for shot in (1, 5) for fold in folds]
-    board = leaderboard(execute(specs, ResultStore(args.results_dir), log=print))
-    print_leaderboard(board)
+    results = execute(specs, ResultStore(args.results_dir), log=print)
+    board = leaderboard(results)
+    print_leaderboard(Leaderboard.build(results))
     row = {(r.method, r.shot): r for r in board.itertuples()}
     diam1, diam5, imprint1, base1 = row[("diam", 1)], row[("diam", 5)], row[("imprint", 1)], row[("base", 1)]
     print(f"1-shot novel mIoU: diam {diam1.novel_miou:.2f} vs imprint {imprint1.novel_miou:.2f} "

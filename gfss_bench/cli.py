@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from gfss_bench.errors import GFSSError
+from gfss_bench.errors import GFSSError, resolve_option
 
 console = Console()
 err_console = Console(stderr=True)
@@ -39,6 +39,47 @@ def _parse_options(pairs: tuple[str, ...], methods: tuple[str, ...]) -> dict[str
     return per_method
 
 
+def _load_plugins(ctx, param, modules) -> None:
+    """--plugin callback: register the installed plugins (entry points) and import the named modules, before the
+    command resolves any method, segmenter family or benchmark name."""
+    from gfss_bench.plugins import load_plugins
+
+    load_plugins(modules)
+
+
+_PLUGINS = click.option("--plugin", "plugin_modules", multiple=True, metavar="MODULE", expose_value=False,
+                        callback=_load_plugins,
+                        help="Import this module first; it registers methods, segmenter families or benchmarks "
+                             "(repeatable). Installed plugins (entry points) are loaded without it.")
+
+
+def _options(*decorators):
+    """Several click options as one decorator, for options that several commands share."""
+    def apply(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+    return apply
+
+
+_EPISODE_GRID = _options(
+    click.option("--fold", "-f", "folds", multiple=True, type=int, help="Fold (repeatable); default: all folds."),
+    click.option("--shot", "-k", "shots", multiple=True, type=int, default=(1,), show_default=True,
+                 help="Shots per novel class (repeatable)."),
+    click.option("--runs", default=5, show_default=True, type=int, help="Runs (support sets) per fold."),
+    click.option("--seed", default=2023, show_default=True, type=int, help="Base seed of the episodes."))
+_SUPPORT_SETTINGS = _options(
+    click.option("--queries", default=None, metavar="N|all",
+                 help="Queries per run (default: the benchmark's; 10000 on COCO-20i, all val images on PASCAL)."),
+    click.option("--support-source", type=click.Choice(["val", "train"]), default=None,
+                 help="Split the supports are drawn from (default: val, as in DIaM)."),
+    click.option("--min-support-pixels", type=int, default=None,
+                 help="Least pixels of its novel class a support image needs (default: 16384 on the real "
+                      "benchmarks)."),
+    click.option("--single-novel-supports/--any-novel-supports", default=None,
+                 help="Whether a support image may contain only its own novel class (default: only its own)."))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gfss-bench")
 def cli() -> None:
@@ -46,16 +87,14 @@ def cli() -> None:
 
 
 @cli.command()
+@_PLUGINS
 @click.option("--method", "-m", "methods", multiple=True, default=("diam",), show_default=True,
               help="Method to run (repeat for several); see `gfss-bench list`.")
 @click.option("--protocol", "-p", "protocols", multiple=True, default=("practical",), show_default=True,
               help="standard or practical (repeatable).")
-@click.option("--benchmark", "-b", default="synthetic5i", show_default=True, help="Benchmark name.")
-@click.option("--fold", "-f", "folds", multiple=True, type=int, help="Fold (repeatable); default: all folds.")
-@click.option("--shot", "-k", "shots", multiple=True, type=int, default=(1,), show_default=True,
-              help="Shots per novel class (repeatable).")
-@click.option("--runs", default=5, show_default=True, type=int, help="Runs (support sets) per fold.")
-@click.option("--seed", default=2023, show_default=True, type=int, help="Base seed of the episodes.")
+@click.option("--benchmark", "-b", default="synthetic5i", show_default=True,
+              help="Benchmark name, or a benchmark YAML file (see README, \"A benchmark from a YAML file\").")
+@_EPISODE_GRID
 @click.option("--convention", default="diam", show_default=True, help="Metric convention: diam or pop.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--batch-size", default=None, type=int,
@@ -73,20 +112,21 @@ def cli() -> None:
 @click.option("--checkpoint", type=click.Path(), default=None,
               help="Base segmenter checkpoint (DIaM/BAM PSPNet-ResNet50, or a `gfss-bench train` file): one file "
                    "used for every selected fold, or a folder holding fold<F>.pth or DIaM's model_ckpt layout "
-                   "(<dataset>/split<F>/.../*.pth). Default: the built-in segmenter (synthetic benchmarks).")
+                   "(<dataset>/split<F>/.../*.pth). Default: the built-in segmenter (synthetic benchmarks). "
+                   "The same as --segmenter pspnet:PATH.")
+@click.option("--segmenter", "segmenter_ref", default=None, metavar="FAMILY:REF",
+              help="Base segmenter from a segmenter family (`gfss-bench list`), e.g. builtin, pspnet:model_ckpt or "
+                   "torchvision:deeplabv3_resnet50=weights.pth; REF is usually a file or a folder with fold<F>.pth.")
 @click.option("--image-size", type=int, default=None,
               help="Evaluation input side, (S-1) % 8 == 0 (default: the benchmark's, 417 on the real ones).")
-@click.option("--queries", default=None, metavar="N|all",
-              help="Queries per run (default: the benchmark's; 10000 on COCO-20i, all val images on PASCAL).")
-@click.option("--support-source", type=click.Choice(["val", "train"]), default=None,
-              help="Split the supports are drawn from (default: val, as in DIaM).")
-@click.option("--min-support-pixels", type=int, default=None,
-              help="Least pixels of its novel class a support image needs (default: 16384 on the real benchmarks).")
-@click.option("--single-novel-supports/--any-novel-supports", default=None,
-              help="Whether a support image may contain only its own novel class (default: only its own).")
-@click.option("--feature-precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
-              show_default=True, help="Autocast dtype of the feature extraction (auto: fp16 on CUDA, fp32 on CPU); "
-                                      "the methods always run in fp32.")
+@_SUPPORT_SETTINGS
+@click.option("--episodes", default="diam", show_default=True, metavar="diam|independent|FILE.json",
+              help="Support sets: diam (the official sampler), independent (each run from its own seed), or a JSON "
+                   "file of `gfss-bench episodes --format json`, whose support sets are used as they are.")
+@click.option("--feature-precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
+              show_default=True, help="Autocast dtype of the feature extraction (fp32 as the official code; fp16 or "
+                                      "bf16 are faster on a GPU and change features slightly); the methods always "
+                                      "run in fp32.")
 @click.option("--feature-cache", type=click.Path(file_okay=False), default=None,
               help="Keep the features in float16 memory-mapped files in this folder and reuse them in later runs "
                    "(recorded in the run spec, as the fp16 rounding can change results slightly).")
@@ -96,83 +136,36 @@ def cli() -> None:
 @click.option("--workers", "loader_workers", type=int, default=None,
               help="DataLoader workers that decode and resize images (default: 4 on CUDA, 0 on CPU).")
 def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, device, batch_size, option_pairs,
-        results_dir, force, data_root, skip_bad_images, checkpoint, image_size, queries, support_source,
-        min_support_pixels, single_novel_supports, feature_precision, feature_cache, feature_memory, loader_workers):
+        results_dir, force, data_root, skip_bad_images, checkpoint, segmenter_ref, image_size, queries, support_source,
+        min_support_pixels, single_novel_supports, feature_precision, feature_cache, feature_memory, loader_workers,
+        episodes):
     """Evaluate methods on seeded GFSS episodes and store the results.
 
     Under `torchrun --nproc-per-node N -m gfss_bench run ...` the query batches are shared out among the
     processes (one GPU each), the confusion matrices summed, and rank 0 writes the results.
     """
     from gfss_bench.benchmark import distributed
-    from gfss_bench.benchmark.features import FeatureConfig
-    from gfss_bench.benchmark.runner import RunSpec, default_precision, execute, resolve_device
-    from gfss_bench.protocols import get_benchmark
-    from gfss_bench.results.report import leaderboard, print_leaderboard
-    from gfss_bench.results.store import ResultStore
+    from gfss_bench.benchmark.plan import plan
+    from gfss_bench.results.board import Leaderboard
+    from gfss_bench.results.report import print_leaderboard
 
-    from gfss_bench.methods import METHODS
-    from gfss_bench.protocols import get_protocol
-
-    bench = _choice("--benchmark", get_benchmark, benchmark)
-    for method in methods:
-        _choice("--method", METHODS.get, method)
-    for protocol in protocols:
-        _choice("--protocol", get_protocol, protocol)
-    batch_size = bench.batch_size if batch_size is None else batch_size
-    if batch_size < 1:
-        raise GFSSError(f"--batch-size must be >= 1, got {batch_size}")
-    if loader_workers is not None and loader_workers < 0:
-        raise GFSSError(f"--workers must be >= 0, got {loader_workers}")
-    if feature_memory is not None and feature_memory < 0:
-        raise GFSSError(f"--feature-memory must be >= 0, got {feature_memory}")
-    evaluation = _evaluation_overrides(image_size, queries, support_source, min_support_pixels, single_novel_supports)
-    bench.evaluation_settings(**evaluation)  # validates the values before anything runs
+    settings = {"method": methods, "protocol": protocols, "benchmark": benchmark, "fold": folds, "shot": shots,
+                "runs": runs, "seed": seed, "convention": convention, "device": device, "batch_size": batch_size,
+                "option": _parse_options(option_pairs, methods), "results_dir": results_dir, "force": force,
+                "data_root": data_root, "skip_bad_images": skip_bad_images, "checkpoint": checkpoint,
+                "segmenter": segmenter_ref, "image_size": image_size, "queries": queries,
+                "support_source": support_source, "min_support_pixels": min_support_pixels,
+                "single_novel_supports": single_novel_supports, "episodes": episodes,
+                "feature_precision": feature_precision, "feature_cache": feature_cache,
+                "feature_memory": feature_memory, "workers": loader_workers}
+    planned = plan(settings)
     workers = distributed.from_environment(device)
-    device_name = resolve_device(device).type
-    precision = default_precision(resolve_device(device)) if feature_precision == "auto" else feature_precision
-    options = _parse_options(option_pairs, methods)
-    for fold in folds:
-        bench.check_fold(fold)
-    segmenters, loader_kwargs = {}, {}
-    if checkpoint is not None:
-        from gfss_bench.models.checkpoints import CheckpointSegmenterLoader, find_fold_checkpoint
-
-        loader = CheckpointSegmenterLoader()
-        for fold in folds or range(bench.num_folds):
-            path = find_fold_checkpoint(checkpoint, fold, bench.dataset, bench.official_split(fold))
-            segmenters[fold] = loader.register(path)
-        loader_kwargs["segmenter_loader"] = loader
-    specs = []
-    for method in methods:
-        for protocol in protocols:
-            for fold in folds or range(bench.num_folds):
-                for shot in shots:
-                    extra = {"segmenter": segmenters[fold]} if fold in segmenters else {}
-                    specs.append(RunSpec.create(method, benchmark, fold, protocol, shot, options[method],
-                                                evaluation, runs=runs, seed=seed, convention=convention,
-                                                device=device_name, feature_precision=precision,
-                                                feature_cache=feature_cache is not None, **extra))
-    features = FeatureConfig(Path(feature_cache) if feature_cache else None, feature_memory, loader_workers)
     try:
-        results = execute(specs, ResultStore(results_dir), **loader_kwargs, batch_size=batch_size, force=force,
-                          data_root=Path(data_root) if data_root else None, skip_bad_images=skip_bad_images,
-                          log=_log, features=features, workers=workers)
+        results = planned.execute(_log, workers)
     finally:
         distributed.shutdown(workers)
     if workers.is_main:
-        print_leaderboard(leaderboard(results), console)
-
-
-def _evaluation_overrides(image_size, queries, support_source, min_support_pixels, single_novel_supports) -> dict:
-    """The evaluation settings given on the command line (the rest keep the benchmark's official values)."""
-    chosen = {"image_size": image_size, "support_source": support_source, "min_support_pixels": min_support_pixels,
-              "single_novel_supports": single_novel_supports}
-    overrides = {key: value for key, value in chosen.items() if value is not None}
-    if queries is not None:
-        if queries != "all" and not queries.isdigit():
-            raise GFSSError(f"--queries must be a positive integer or 'all', got {queries!r}")
-        overrides["max_queries"] = None if queries == "all" else int(queries)
-    return overrides
+        print_leaderboard(Leaderboard.build(results), console)
 
 
 def _log(message: str) -> None:
@@ -181,6 +174,55 @@ def _log(message: str) -> None:
 
 
 @cli.command()
+@_PLUGINS
+@click.option("--benchmark", "-b", required=True,
+              help="Benchmark name, or a benchmark YAML file (see README, \"A benchmark from a YAML file\").")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Dataset folder of a real benchmark (holds val.txt); not needed for the synthetic ones.")
+@_EPISODE_GRID
+@click.option("--episodes", "sampler", type=click.Choice(["diam", "independent"]), default="diam", show_default=True,
+              help="Support sampler: diam (the official one) or independent (each run from its own seed).")
+@click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="json: what `run --episodes FILE.json` reads.")
+@_SUPPORT_SETTINGS
+@click.option("--skip-bad-images", is_flag=True, help="Leave out unreadable images/labels, as `run` does.")
+def episodes(benchmark, data_root, folds, shots, runs, seed, sampler, output_format, queries, support_source,
+             min_support_pixels, single_novel_supports, skip_bad_images):
+    """Print each run's support images per novel class and its number of queries, without loading any model."""
+    import json
+
+    from gfss_bench.benchmark.plan import evaluation_overrides
+    from gfss_bench.benchmark.runner import list_episodes
+    from gfss_bench.protocols import resolve_benchmark
+
+    bench = resolve_option("--benchmark", resolve_benchmark, benchmark)
+    for fold in folds:
+        bench.check_fold(fold)
+    for value, option in ((min(shots), "--shot"), (runs, "--runs")):
+        if value < 1:
+            raise GFSSError(f"{option} must be >= 1, got {value}")
+    settings = bench.evaluation_settings(**evaluation_overrides({
+        "queries": queries, "support_source": support_source, "min_support_pixels": min_support_pixels,
+        "single_novel_supports": single_novel_supports}))
+    documents = list_episodes(bench, folds or range(bench.num_folds), dict.fromkeys(shots), runs, seed, sampler,
+                              settings, Path(data_root) if data_root else None, skip_bad_images, _log)
+    if output_format == "json":
+        click.echo(json.dumps(documents, indent=2))
+        return
+    for document in documents:
+        table = Table(title=f"{bench.name} fold {document['fold']} {document['shot']}-shot: {sampler} episodes, "
+                            f"seed {seed}")
+        for column in ("run", "class", "support images", "queries"):
+            table.add_column(column)
+        for run in document["runs"]:
+            for number, (name, stems) in enumerate(run["supports"].items()):
+                table.add_row(str(run["run"]) if number == 0 else "", name, " ".join(stems),
+                              str(run["num_queries"]) if number == 0 else "")
+        console.print(table)
+
+
+@cli.command()
+@_PLUGINS
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--results-dir", default=None, type=click.Path(file_okay=False),
               help="Where result files are stored (default: the config's results_dir, else results).")
@@ -188,13 +230,14 @@ def _log(message: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Only list the specs of the grid and whether each is stored.")
 def sweep(config, results_dir, force, dry_run):
     """Evaluate a grid from a YAML file; stored specs are skipped, so rerunning resumes an interrupted sweep."""
-    from gfss_bench.benchmark.sweep import expand, load_config, run_sweep
-    from gfss_bench.results.report import leaderboard, print_leaderboard
+    from gfss_bench.benchmark.sweep import expand, load_config, results_dir_of, run_sweep
+    from gfss_bench.results.board import Leaderboard
+    from gfss_bench.results.report import print_leaderboard
     from gfss_bench.results.store import ResultStore
 
     settings = load_config(config)
     if dry_run:
-        store = ResultStore(results_dir or settings.get("results_dir", "results"))
+        store = ResultStore(results_dir_of(settings, results_dir))
         for spec in expand(settings):
             state = "stored" if store.contains(spec.run_id) else (
                 "partial" if store.partial_path_for(spec.run_id).exists() else "missing")
@@ -203,39 +246,30 @@ def sweep(config, results_dir, force, dry_run):
                        f"fold {spec.fold} {spec.shot}-shot {spec.convention}")
         return
     results = run_sweep(settings, results_dir, force=force, log=_log)
-    print_leaderboard(leaderboard(results), console)
+    print_leaderboard(Leaderboard.build(results), console)
 
 
-def _choice(option: str, resolve, value):
-    """Resolve a registry name; prefix errors with the option that carried it."""
-    try:
-        return resolve(value)
-    except GFSSError as error:
-        message = str(error)
-        raise GFSSError(message if message.startswith("--") else f"{option}: {message}") from None
-
-
-def _result_filters(command):
-    """--results-dir and the filters shared by report, export and plot."""
-    for decorator in reversed([
-        click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False),
-                     help="Where result files are stored."),
-        click.option("--benchmark", "-b", "benchmarks", multiple=True, help="Only this benchmark (repeatable)."),
-        click.option("--protocol", "-p", "protocols", multiple=True, help="Only this protocol (repeatable)."),
-        click.option("--shot", "-k", "shots", multiple=True, type=int, help="Only this shot count (repeatable)."),
-        click.option("--method", "-m", "methods", multiple=True,
-                     help="Only this method: a name (all its settings) or a full label such as "
-                          "'diam(pi_strategy=uniform)' (repeatable)."),
-        click.option("--convention", "conventions", multiple=True, help="Only this metric convention (repeatable)."),
-    ]):
-        command = decorator(command)
-    return command
+# --results-dir and the filters shared by report, export and plot.
+_result_filters = _options(
+    click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False),
+                 help="Where result files are stored."),
+    click.option("--benchmark", "-b", "benchmarks", multiple=True,
+                 help="Only this benchmark: a name or a benchmark YAML file (repeatable)."),
+    click.option("--protocol", "-p", "protocols", multiple=True, help="Only this protocol (repeatable)."),
+    click.option("--shot", "-k", "shots", multiple=True, type=int, help="Only this shot count (repeatable)."),
+    click.option("--method", "-m", "methods", multiple=True,
+                 help="Only this method: a name (all its settings) or a full label such as "
+                      "'diam(pi_strategy=uniform)' (repeatable)."),
+    click.option("--convention", "conventions", multiple=True, help="Only this metric convention (repeatable)."))
 
 
 def _load_results(results_dir, benchmarks, protocols, shots, methods, conventions) -> list[dict]:
+    from gfss_bench.protocols.benchmark_files import is_benchmark_file, resolve_benchmark
     from gfss_bench.results.report import filter_results
     from gfss_bench.results.store import ResultStore
 
+    benchmarks = tuple(resolve_option("--benchmark", resolve_benchmark, b).name if is_benchmark_file(b) else b
+                       for b in benchmarks)
     results, problems = ResultStore(results_dir).load_all()
     for problem in problems:
         err_console.print(f"[red]skipped {problem.path}: {problem.reason}[/]")
@@ -278,27 +312,20 @@ def report(results_dir, benchmarks, protocols, shots, methods, conventions, outp
         else:
             print_comparison(pairs, summary, a, b, mismatched, console)
         return
-    board = rep.sort_board(rep.leaderboard(results), sort_by)
+    from gfss_bench.results.board import Leaderboard
+    from gfss_bench.results.exports import aggregated_csv
+    from gfss_bench.results.published import published_rows
+
+    board = Leaderboard.build(results, sort_by, published_rows() if published else None)
     if output_format == "csv":
         if per_class:
             click.echo(rep.per_class_frame(results).to_csv(index=False, float_format="%.2f"), nl=False)
         elif per_fold:
             click.echo(rep.fold_rows(results).to_csv(index=False, float_format="%.2f"), nl=False)
         else:
-            if published:
-                from gfss_bench.results.published import published_rows
-                refs = published_rows().assign(published=True)
-                board = board.assign(published=False)
-                keys = set(map(tuple, board[rep.GROUP_COLUMNS].astype(str).values))
-                refs = refs[[tuple(map(str, k)) in keys for k in refs[rep.GROUP_COLUMNS].values]]
-                board = rep.pd.concat([board, refs.rename(columns={"label": "paper"})], ignore_index=True)
-            click.echo(rep.to_csv(board), nl=False)
+            click.echo(aggregated_csv(board), nl=False)
         return
-    refs = None
-    if published:
-        from gfss_bench.results.published import published_rows
-        refs = published_rows()
-    rep.print_leaderboard(board, console, sort=sort_by, published=refs)
+    rep.print_leaderboard(board, console)
     if per_fold:
         rep.print_per_fold(rep.fold_rows(results), console)
     if per_class:
@@ -315,36 +342,37 @@ def report(results_dir, benchmarks, protocols, shots, methods, conventions, outp
 @click.option("--aggregated", is_flag=True, help="csv to stdout: the aggregated table instead of the tidy one.")
 @click.option("--std", is_flag=True, help="latex/markdown: add ± std over runs to every value.")
 @click.option("--sort", "sort_by", type=click.Choice(SORT_CHOICES), default="hm", show_default=True)
-@click.option("--published", is_flag=True, help="latex/markdown/html: add the published reference rows.")
+@click.option("--published", is_flag=True,
+              help="Add the published reference rows and the gap to them (every format but the tidy csv).")
 def export(results_dir, benchmarks, protocols, shots, methods, conventions, output_format, out_path, aggregated,
            std, sort_by, published):
     """Export stored results: tidy + aggregated CSV, LaTeX (booktabs), Markdown, JSON or a static HTML page."""
     from gfss_bench.paths import atomic_write_text
     from gfss_bench.results import exports
 
+    from gfss_bench.results.board import Leaderboard
+    from gfss_bench.results.published import published_rows
+
     results = _load_results(results_dir, benchmarks, protocols, shots, methods, conventions)
-    refs = None
-    if published:
-        from gfss_bench.results.published import published_rows
-        refs = published_rows()
+    board = Leaderboard.build(results, sort_by, published_rows() if published else None)
     if output_format == "csv":
         if out_path:
             path = Path(out_path)
             aggregated_path = path.with_name(f"{path.stem}-aggregated{path.suffix or '.csv'}")
             atomic_write_text(path, exports.tidy_csv(results))
-            atomic_write_text(aggregated_path, exports.aggregated_csv(results, sort_by))
+            atomic_write_text(aggregated_path, exports.aggregated_csv(board))
             err_console.print(f"wrote {path} (one row per method x fold x run) and {aggregated_path} (fold means)")
             return
-        text = exports.aggregated_csv(results, sort_by) if aggregated else exports.tidy_csv(results)
+        text = exports.aggregated_csv(board) if aggregated else exports.tidy_csv(results)
     elif output_format == "latex":
-        text = exports.latex(results, std=std, sort=sort_by, published=refs)
+        text = exports.latex(board, std=std)
     elif output_format == "markdown":
-        text = exports.markdown(results, std=std, sort=sort_by, published=refs)
+        text = exports.markdown(board, std=std)
     elif output_format == "json":
-        text = exports.json_export(results, sort=sort_by)
+        text = exports.json_export(board, results)
     else:
         from gfss_bench.results.html import html_page
-        text = html_page(results, sort=sort_by, published=refs)
+        text = html_page(board)
     if out_path:
         atomic_write_text(Path(out_path), text)
         err_console.print(f"wrote {out_path}")
@@ -378,16 +406,19 @@ def plot(results_dir, benchmarks, protocols, shots, methods, conventions, kinds,
 
 
 @cli.command(name="list")
+@_PLUGINS
 def list_command():
-    """List methods, protocols and benchmarks."""
+    """List methods, protocols, benchmarks and segmenter families, with where each came from (built-in or a plugin)."""
     from gfss_bench.methods import METHODS
+    from gfss_bench.models.families import SEGMENTER_FAMILIES
     from gfss_bench.protocols import BENCHMARKS, PROTOCOLS
 
     table = Table(title="methods")
     table.add_column("name")
     table.add_column("options (defaults)")
+    table.add_column("from")
     for name, cls in METHODS.items():
-        table.add_row(name, ", ".join(f"{k}={v}" for k, v in cls().options().items()))
+        table.add_row(name, ", ".join(f"{k}={v}" for k, v in cls().options().items()), METHODS.origin(name))
     console.print(table)
     table = Table(title="protocols")
     table.add_column("name")
@@ -396,23 +427,31 @@ def list_command():
         table.add_row(name, protocol.description)
     console.print(table)
     table = Table(title="benchmarks")
-    for column in ("name", "folds", "novel classes per fold", "image size", "description"):
+    for column in ("name", "folds", "novel classes per fold", "image size", "description", "from"):
         table.add_column(column)
     for name, bench in BENCHMARKS.items():
         table.add_row(name, str(bench.num_folds), str(len(bench.fold_novel_classes[0])), str(bench.image_size),
-                      bench.description)
+                      bench.description, BENCHMARKS.origin(name))
+    console.print(table)
+    table = Table(title="segmenter families (run --segmenter FAMILY:REF)")
+    for column in ("name", "description", "from"):
+        table.add_column(column)
+    for name, family in SEGMENTER_FAMILIES.items():
+        table.add_row(name, family.description, SEGMENTER_FAMILIES.origin(name))
     console.print(table)
 
 
 @cli.command()
-@click.option("--benchmark", "-b", default="synthetic5i", show_default=True)
+@_PLUGINS
+@click.option("--benchmark", "-b", default="synthetic5i", show_default=True,
+              help="Benchmark name, or a benchmark YAML file.")
 @click.option("--fold", "-f", "folds", multiple=True, type=int, help="Fold (repeatable); default: all.")
 @click.option("--protocol", "-p", "protocols", multiple=True, default=("practical",), show_default=True)
 @click.option("--arch", type=click.Choice(["small", "pspnet-resnet50"]), default=None,
-              help="small: the built-in segmenter of the synthetic benchmarks (their default); pspnet-resnet50: "
-                   "PSPNet-ResNet50 in DIaM's checkpoint layout (the default, and the only choice, on real ones).")
+              help="small: the CPU-sized network of the synthetic benchmarks (their default; it works for any "
+                   "benchmark); pspnet-resnet50: PSPNet-ResNet50 in DIaM's checkpoint layout (the default elsewhere).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
-              help="Dataset folder of a real benchmark (holds train.txt and val.txt).")
+              help="Dataset folder (holds train.txt and val.txt) [default: a benchmark YAML file's data_root].")
 @click.option("--backbone-weights", metavar="FILE|none", default=None,
               help="pspnet-resnet50 (required): ImageNet ResNet-50 weights, torchvision's resnet50 .pth (7x7 stem) or "
                    "semseg/PFENet's resnet50_v2.pth (deep stem); `none`: random initialisation (smoke tests only).")
@@ -437,8 +476,8 @@ def list_command():
 @click.option("--amp/--no-amp", default=None, help="pspnet-resnet50: float16 autocast [default: on with CUDA].")
 @click.option("--no-eval", is_flag=True, help="pspnet-resnet50: skip the val base mIoU at the end.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="small: write <benchmark>-fold<F>-<protocol>.pt/.json here (default: the cache). "
-                   "pspnet-resnet50: write <benchmark>-<protocol>/fold<F>.pth/.json here [default: checkpoints].")
+              help="Write <benchmark>-<protocol>/fold<F>.pt/.json (small; default: the cache) or "
+                   "<benchmark>-<protocol>/fold<F>.pth/.json (pspnet-resnet50; default: checkpoints) here.")
 @click.option("--force", is_flag=True,
               help="small: train even when the shipped weights have this config (with --out they are copied). "
                    "pspnet-resnet50: start over, discarding the resume state and a finished checkpoint.")
@@ -453,42 +492,47 @@ def train(benchmark, folds, protocols, arch, data_root, backbone_weights, seed, 
     import os
 
     from gfss_bench.benchmark.runner import resolve_device
-    from gfss_bench.protocols import get_benchmark, get_protocol
+    from gfss_bench.protocols import get_protocol, resolve_benchmark
 
-    bench = _choice("--benchmark", get_benchmark, benchmark)
+    bench = resolve_option("--benchmark", resolve_benchmark, benchmark)
+    benchmark = bench.name  # a YAML file is now registered under its name
     for protocol in protocols:
-        _choice("--protocol", get_protocol, protocol)
+        resolve_option("--protocol", get_protocol, protocol)
     for fold in folds:
         bench.check_fold(fold)
     if steps is not None and steps < 1:
         raise GFSSError(f"--steps must be >= 1, got {steps}")
-    arch = arch or ("small" if bench.dataset == "synthetic" else "pspnet-resnet50")
+    arch = arch or ("small" if bench.generated else "pspnet-resnet50")
     device_name = resolve_device(device).type
+    given_as = bench.source or benchmark  # how `run` is told the benchmark, in the hints printed below
     if arch == "small":
         from gfss_bench.models import zoo
 
-        if bench.dataset != "synthetic":
-            raise GFSSError(f"--arch small is the built-in segmenter of the synthetic benchmarks; {benchmark} needs "
-                            "--arch pspnet-resnet50")
         given = [name for name, value in (
-            ("--data-root", data_root), ("--backbone-weights", backbone_weights), ("--epochs", epochs),
+            ("--backbone-weights", backbone_weights), ("--epochs", epochs),
             ("--batch-size", batch_size), ("--lr", lr), ("--crop-size", crop_size), ("--rotate", rotate),
             ("--workers", workers), ("--save-every", save_every), ("--amp/--no-amp", amp),
             ("--no-eval", no_eval or None)) if value is not None]
         if given:
             raise GFSSError(f"{', '.join(given)}: only for --arch pspnet-resnet50")
         for protocol in protocols:
+            folder = Path(out_dir) / f"{benchmark}-{protocol}" if out_dir else None
             for fold in folds or range(bench.num_folds):
-                copied = out_dir is not None and seed == 0 and steps is None and not force and \
-                    zoo.copy_shipped(benchmark, fold, protocol, Path(out_dir))
+                out = folder / f"fold{fold}.pt" if folder else None
+                copied = out is not None and seed == 0 and steps is None and not force and \
+                    zoo.copy_shipped(benchmark, fold, protocol, out)
                 path = copied or zoo.train_and_save(benchmark, fold, protocol, seed=seed, steps=steps,
-                                                    device=device_name, out_dir=Path(out_dir) if out_dir else None,
-                                                    command=" ".join(sys.argv))
+                                                    device=device_name, out=out, command=" ".join(sys.argv),
+                                                    data_root=Path(data_root) if data_root else None)
                 manifest = json.loads(path.with_suffix(".json").read_text())
                 how = "shipped weights of this config (--force retrains)" if copied else \
                     f"in {manifest['train_seconds']:.0f} s"
                 console.print(f"{benchmark} fold {fold} {protocol}: base mIoU {100 * manifest['val_base_miou']:.1f}% "
                               f"{how} -> {path}")
+            if folder:
+                console.print(f"evaluate with: gfss-bench run --benchmark {given_as} --protocol {protocol} "
+                              f"--checkpoint {folder}" + (f" --data-root {data_root}" if data_root else ""),
+                              highlight=False)
         return
     from gfss_bench.models.pspnet_training import PSPNetTrainConfig, train_pspnet
 
@@ -512,7 +556,7 @@ def train(benchmark, folds, protocols, arch, data_root, backbone_weights, seed, 
             miou = f"base mIoU {100 * info['val_base_miou']:.1f}%" if "val_base_miou" in info else "trained"
             console.print(f"{benchmark} fold {fold} {protocol}: {miou}"
                           f"{' (already trained)' if info.get('already_trained') else ''} -> {info['path']}")
-        console.print(f"evaluate with: gfss-bench run --benchmark {benchmark} --protocol {protocol} --checkpoint "
+        console.print(f"evaluate with: gfss-bench run --benchmark {given_as} --protocol {protocol} --checkpoint "
                       f"{out / f'{benchmark}-{protocol}'}" + (f" --data-root {data_root}" if data_root else ""),
                       highlight=False)
 
@@ -567,8 +611,10 @@ def prepare_coco_command(root, workers):
 
 
 @data.command()
+@_PLUGINS
 @click.argument("benchmark")
-@_ROOT
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Dataset folder [default: the data_root of a benchmark YAML file].")
 @click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val"]), default=("train", "val"),
               show_default=True, help="Split to check (repeatable).")
 @_WORKERS
@@ -580,9 +626,13 @@ def verify(benchmark, root, splits, workers, shown, as_json):
     import json
 
     from gfss_bench.benchmark.verify import verify_dataset
-    from gfss_bench.protocols import get_benchmark
+    from gfss_bench.protocols import resolve_benchmark
 
-    bench = _choice("BENCHMARK", get_benchmark, benchmark)
+    bench = resolve_option("BENCHMARK", resolve_benchmark, benchmark)
+    root = root or bench.data_root
+    if root is None:
+        raise GFSSError(f"--root: benchmark {bench.name!r} has no data_root; pass the folder that holds train.txt "
+                        "and val.txt")
     result = verify_dataset(bench, root, tuple(dict.fromkeys(splits)), workers)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))

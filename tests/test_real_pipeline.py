@@ -75,3 +75,22 @@ def test_prepare_verify_train_run_report_on_a_miniature_pascal(tmp_path):
     assert np.array(base["runs"][0]["confusion"])[:, 16:].sum() == 0  # the base segmenter never predicts novel
     reported = runner.invoke(cli, ["report", "--results-dir", str(results), "-b", "pascal5i"], terminal_width=200)
     assert reported.exit_code == 0 and "diam" in reported.output and "base" in reported.output
+
+    # The same options as a sweep: one spec builder, so the same run ids (all stored already); a new shot count
+    # is the only work left, and the sweep's dry run says so before it runs.
+    sweep_file = tmp_path / "sweep.yaml"
+    settings = {"method": ["base", "diam"], "option": {"diam": {"iterations": 3}}, "benchmark": "pascal5i",
+                "fold": [0], "runs": 2, "data_root": str(root), "checkpoint": str(out / "pascal5i-practical"),
+                "image_size": 65, "min_support_pixels": 1000, "device": "cpu", "results_dir": str(results)}
+    sweep_file.write_text(json.dumps(settings))
+    dry = runner.invoke(cli, ["sweep", str(sweep_file), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert sorted(line.split()[0] for line in dry.output.splitlines()) == sorted(r["run_id"] for r in records)
+    assert all(line.split()[1] == "stored" for line in dry.output.splitlines())
+    sweep_file.write_text(json.dumps(dict(settings, shot=[1, 2])))
+    states = [line.split()[1] for line in runner.invoke(cli, ["sweep", str(sweep_file), "--dry-run"]).output.splitlines()]
+    assert sorted(states) == ["missing", "missing", "stored", "stored"]
+    swept = runner.invoke(cli, ["sweep", str(sweep_file)])
+    assert swept.exit_code == 0, swept.output
+    assert len(list(results.glob("*.json"))) == 4
+    assert {p.name for p in results.glob("*.json")} >= {f"{r['run_id']}.json" for r in records}

@@ -51,11 +51,15 @@ def test_expand_grid(tmp_path):
 
 
 @pytest.mark.parametrize("config,message", [
-    ({"methods": ["diam"], "shot": [1]}, "unknown key(s) shot"),
+    ({"methods": ["diam"], "shots_per_class": [1]}, "unknown key(s) shots_per_class"),
+    ({"method": ["diam"], "methods": ["bcm"]}, "'method' is given twice"),
+    ({"runs": "five"}, "'runs' (--runs) must be int"),
+    ({"checkpoint": "no/such/file.pth"}, "no/such/file.pth"),
+    ({"episodes": "sampled"}, "--episodes"),
     ({"methods": ["dim"]}, "unknown method 'dim'"),
     ({"methods": ["imprint"], "options": {"diam": {"iterations": 3}}}, "not among methods"),
     ({"methods": ["diam"], "options": {"diam": {"iterations": "abc"}}}, "iterations"),
-    ({"shots": ["one"]}, "'shots' must hold integers"),
+    ({"shots": ["one"]}, "'shot' (--shot) must hold integers"),
     ({"folds": [7]}, "--fold 7 is out of range"),
     ({"evaluation": {"queries": 5}}, "'evaluation' must map settings"),
     ({"evaluation": {"image_size": 100}}, "--image-size must satisfy"),

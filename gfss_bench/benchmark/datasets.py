@@ -13,6 +13,7 @@ import io
 from pathlib import Path
 from typing import Optional
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -22,6 +23,53 @@ from gfss_bench.paths import atomic_write_bytes, cache_dir
 SPLITS = ("train", "val")
 FIX = ("replace the file, remove its line from the list file, or pass --skip-bad-images to `gfss-bench run` "
        "to skip such images (the result records which)")
+
+
+def decode_image(data: bytes) -> Optional[np.ndarray]:
+    """uint8 RGB [H, W, 3] of an encoded image, or None when it cannot be decoded or is a truncated JPEG.
+
+    As the official code: OpenCV's IMREAD_COLOR (which applies a JPEG's EXIF orientation, unlike PIL), then BGR to
+    RGB. OpenCV 4 returns a truncated JPEG grey-filled, so those are refused here (`jpeg_is_complete`)."""
+    if not data or (data[:2] == b"\xff\xd8" and not jpeg_is_complete(data)):
+        return None
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def jpeg_is_complete(data: bytes) -> bool:
+    """Whether a JPEG stream reaches its end-of-image marker: a walk over its segments, skipping each scan's
+    entropy-coded data (where 0xFF is followed by 0x00 stuffing, a restart marker or fill bytes)."""
+    pos, end = 2, len(data)
+    while pos + 2 <= end:
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker == 0xD9:  # end of image
+            return True
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+        else:
+            if pos + 4 > end:
+                return False
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+            if marker == 0xDA:  # start of scan: entropy-coded data up to the next real marker
+                while True:
+                    pos = data.find(b"\xff", pos)
+                    if pos < 0 or pos + 1 >= end:
+                        return False
+                    following = data[pos + 1]
+                    if following == 0x00 or 0xD0 <= following <= 0xD7:
+                        pos += 2
+                    elif following == 0xFF:
+                        pos += 1
+                    else:
+                        break
+    return False
 
 
 class SegmentationList:
@@ -69,19 +117,26 @@ class SegmentationList:
         return [image.stem for image, _ in self.items]
 
     def load_image(self, index: int) -> np.ndarray:
-        """uint8 [H, W, 3] RGB."""
+        """uint8 [H, W, 3] RGB, decoded as the official code does (`decode_image`)."""
         path = self.items[index][0]
         try:
-            with Image.open(path) as image:
-                return np.asarray(image.convert("RGB"), dtype=np.uint8)
+            image = decode_image(path.read_bytes())
         except FileNotFoundError:
             raise GFSSError(f"image {path} (listed in {self.list_file}) does not exist; {FIX}") from None
-        except (OSError, UnidentifiedImageError) as error:
-            raise GFSSError(f"image {path} (listed in {self.list_file}) cannot be read ({error}; a truncated "
-                            f"or corrupt file); {FIX}") from None
+        except OSError as error:
+            raise GFSSError(f"image {path} (listed in {self.list_file}) cannot be read "
+                            f"({error.strerror or error}); {FIX}") from None
+        if image is None:
+            raise GFSSError(f"image {path} (listed in {self.list_file}) cannot be read (OpenCV cannot decode it: a "
+                            f"truncated or corrupt file, or not an image); {FIX}")
+        return image
 
     def load_label(self, index: int) -> np.ndarray:
-        """uint8 [H, W] class ids (255 void), from a palette or greyscale PNG."""
+        """uint8 [H, W] class ids (255 void), from a palette or greyscale PNG.
+
+        Read with PIL, which gives a palette PNG's indices (the class ids of VOC's SegmentationClass); the official
+        code's OpenCV greyscale read would turn palette colours into grey levels. For greyscale PNGs (DIaM's
+        SegmentationClassAug) both give the same bytes."""
         path = self.items[index][1]
         try:
             with Image.open(path) as label:
@@ -165,17 +220,23 @@ class SegmentationList:
 
 
 def open_split(benchmark, split: str, data_root: Optional[Path | str] = None) -> SegmentationList:
-    """The train or val split of a benchmark's dataset as a `SegmentationList`."""
+    """The train or val split of a benchmark's dataset as a `SegmentationList`: the generated synthetic data, else
+    `data_root`, else the benchmark's own `data_root` (a YAML file's)."""
     if split not in SPLITS:
         raise GFSSError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
-    if benchmark.dataset == "synthetic":
+    if benchmark.generated:
         from gfss_bench.benchmark.synthetic import ensure_synthetic_dataset
 
         root = ensure_synthetic_dataset()
-    else:
-        if data_root is None:
-            raise GFSSError(
-                f"benchmark {benchmark.name!r} needs its dataset: pass --data-root pointing to the "
-                f"folder that holds {split}.txt, JPEGImages/ and the label folder")
+    elif data_root is not None:
         root = Path(data_root).expanduser()
+    elif benchmark.data_root is not None:
+        root = benchmark.data_root
+        if not root.is_dir():
+            raise GFSSError(f"data root {root} (data_root of {benchmark.source or benchmark.name}) is not a folder; "
+                            "fix data_root or pass --data-root")
+    else:
+        raise GFSSError(
+            f"benchmark {benchmark.name!r} needs its dataset: pass --data-root pointing to the "
+            f"folder that holds {split}.txt, JPEGImages/ and the label folder")
     return SegmentationList(root, root / f"{split}.txt")

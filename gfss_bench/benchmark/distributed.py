@@ -20,10 +20,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Workers:
-    """This process's place in the group; the default is a single process."""
+    """This process's place in the group; the default is a single process outside any group."""
 
     rank: int = 0
     world_size: int = 1
+    grouped: bool = False  # joined a torch.distributed process group (under torchrun, also with one process)
 
     @property
     def is_main(self) -> bool:
@@ -31,7 +32,9 @@ class Workers:
 
     @property
     def active(self) -> bool:
-        return self.world_size > 1
+        """Whether collectives run: under torchrun even with one process, so that `--nproc-per-node 1` exercises
+        the same NCCL/gloo calls as N processes."""
+        return self.grouped
 
     def shard(self, items: Sequence[T]) -> list[T]:
         """This rank's share of `items` (round-robin)."""
@@ -65,19 +68,20 @@ SINGLE_PROCESS = Workers()
 
 
 def from_environment(device: str) -> Workers:
-    """Join the process group that torchrun describes in the environment (WORLD_SIZE > 1); else one process.
+    """Join the process group described in the environment (WORLD_SIZE > 1, or any torchrun launch, also with one
+    process); else one process outside any group.
 
     The backend is NCCL when the run uses CUDA, gloo otherwise; each rank takes GPU LOCAL_RANK.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if world_size <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets it
         return SINGLE_PROCESS
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return Workers(dist.get_rank(), dist.get_world_size())
+    return Workers(dist.get_rank(), dist.get_world_size(), grouped=True)
 
 
 def shutdown(workers: Workers) -> None:

@@ -1,29 +1,54 @@
-"""Seeded GFSS episodes (facts §4): one support set per run, every other eligible val image a query.
+"""Seeded GFSS episodes (facts §4, §4a): one support set per run, every other eligible val image a query.
 
-A run's episode is a pure function of (seed, benchmark, fold, shot, run index) and the data, so
-every method sees the same supports and queries and comparisons between methods are paired.
+Two samplers draw the support sets. `diam` (the default) is the official one of DIaM/BCM (facts §4a): one Python
+`random.Random(seed)` stream per (benchmark, fold, shot) evaluation, which the runs continue, so a given seed gives
+the official support images. `independent` draws each run from its own numpy generator, seeded by
+(seed, benchmark, fold, shot, run), so a run's episode does not depend on the other runs. Support sets can also be
+read from a file written by `gfss-bench episodes --format json` (`EpisodeFile`).
+
+Queries are every val image with a base or novel pixel, minus the run's supports. On COCO (`shuffle_queries`) the
+first `max_queries` of a permutation drawn from the run's seed are kept; the official code instead continues one
+shuffled torch DataLoader across runs (facts §4a), so the COCO query subsets differ from the official ones (same
+size, also uniformly random); supports are exact.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import random
+import re
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from gfss_bench.errors import GFSSError
 from gfss_bench.protocols import Benchmark, EvaluationSettings
 
+SAMPLERS = ("diam", "independent")
+FILE_PREFIX = "file:"
+
 
 @dataclass(frozen=True)
 class Episode:
     """supports[j]: the K images of novel class j (indices into the support split, val unless the settings say
-    train); queries: indices into the val split."""
+    train); queries: indices into the val split; seed: the run's own seed (`run_seed`), which methods receive."""
 
     run: int
     seed: int
     supports: tuple[tuple[int, ...], ...]
     queries: tuple[int, ...]
+
+
+def check_episodes(name: str) -> str:
+    """`name` if it is a sampler or `file:<16 hex digits>` (a file's `file_digest`); else a GFSSError."""
+    if name not in SAMPLERS and not re.fullmatch(rf"{FILE_PREFIX}[0-9a-f]{{16}}", name):
+        raise GFSSError(f"--episodes {name!r} is unknown; choose from: {', '.join(SAMPLERS)}, or a JSON file "
+                        "written by `gfss-bench episodes --format json`")
+    return name
 
 
 def run_seed(seed: int, benchmark: str, fold: int, shot: int, run: int) -> int:
@@ -32,19 +57,27 @@ def run_seed(seed: int, benchmark: str, fold: int, shot: int, run: int) -> int:
     return zlib.crc32(key)
 
 
+def _novel_present(benchmark: Benchmark, fold: int, pixel_counts: np.ndarray) -> np.ndarray:
+    """bool [images, N]: which novel classes each image holds (any pixel count)."""
+    return pixel_counts[:, list(benchmark.novel_classes(fold))] > 0
+
+
+def area_candidates(benchmark: Benchmark, fold: int, pixel_counts: np.ndarray,
+                    settings: EvaluationSettings) -> list[np.ndarray]:
+    """Per novel class (increasing id), the images with >= min_support_pixels of it, in list-file order."""
+    return [np.flatnonzero(pixel_counts[:, cls] >= settings.min_support_pixels)
+            for cls in benchmark.novel_classes(fold)]
+
+
 def support_candidates(benchmark: Benchmark, fold: int, pixel_counts: np.ndarray,
                        settings: EvaluationSettings | None = None) -> list[np.ndarray]:
     """Per novel class, the images with >= min_support_pixels of it and (by default) no other novel class."""
     settings = settings or benchmark.evaluation_settings()
-    novel = list(benchmark.novel_classes(fold))
-    novel_present = pixel_counts[:, novel] > 0
-    candidates = []
-    for j, cls in enumerate(novel):
-        ok = pixel_counts[:, cls] >= settings.min_support_pixels
-        if settings.single_novel_supports:
-            ok &= ~np.delete(novel_present, j, axis=1).any(axis=1)
-        candidates.append(np.flatnonzero(ok))
-    return candidates
+    candidates = area_candidates(benchmark, fold, pixel_counts, settings)
+    if not settings.single_novel_supports:
+        return candidates
+    present = _novel_present(benchmark, fold, pixel_counts)
+    return [c[~np.delete(present[c], j, axis=1).any(axis=1)] for j, c in enumerate(candidates)]
 
 
 def query_candidates(benchmark: Benchmark, pixel_counts: np.ndarray) -> np.ndarray:
@@ -52,41 +85,230 @@ def query_candidates(benchmark: Benchmark, pixel_counts: np.ndarray) -> np.ndarr
     return np.flatnonzero(pixel_counts[:, 1:benchmark.num_classes + 1].sum(axis=1) > 0)
 
 
+def _no_candidate(benchmark: Benchmark, fold: int, cls: int, settings: EvaluationSettings) -> GFSSError:
+    alone = " and no other novel class" if settings.single_novel_supports else ""
+    return GFSSError(
+        f"novel class {cls} ({benchmark.class_names[cls - 1]}) of {benchmark.name} fold {fold} has no "
+        f"support candidate in the {settings.support_source} split (needs >= {settings.min_support_pixels} "
+        f"pixels of it{alone}); check the data, lower --min-support-pixels or change --support-source")
+
+
+def _episode(benchmark: Benchmark, fold: int, shot: int, run: int, seed: int, pixel_counts: np.ndarray,
+             settings: EvaluationSettings, supports: Sequence[Sequence[int]],
+             rng: Optional[np.random.Generator] = None) -> Episode:
+    """The run's episode for the given supports: the val images with a base or novel pixel, minus the supports
+    when they come from val; on COCO shuffled (by `rng`, else by the run's seed) and cut to max_queries."""
+    episode_seed = run_seed(seed, benchmark.name, fold, shot, run)
+    used = {i for group in supports for i in group} if settings.support_source == "val" else set()
+    queries = np.array([i for i in query_candidates(benchmark, pixel_counts) if i not in used], dtype=np.int64)
+    if benchmark.shuffle_queries:
+        queries = (rng or np.random.default_rng(episode_seed)).permutation(queries)
+    if settings.max_queries is not None:
+        queries = queries[:settings.max_queries]
+    return Episode(run, episode_seed, tuple(tuple(int(i) for i in group) for group in supports),
+                   tuple(int(i) for i in queries))
+
+
+def _checked(benchmark: Benchmark, shot: int, pixel_counts: np.ndarray, settings: Optional[EvaluationSettings],
+             support_pixel_counts: Optional[np.ndarray]) -> tuple[EvaluationSettings, np.ndarray]:
+    """The settings (default: the benchmark's) and the pixel counts of the split the supports come from."""
+    settings = settings or benchmark.evaluation_settings()
+    if shot < 1:
+        raise GFSSError(f"--shot must be >= 1, got {shot}")
+    if settings.support_source == "val":
+        return settings, pixel_counts
+    if support_pixel_counts is None:
+        raise ValueError("support_source 'train' needs the train split's pixel counts")
+    return settings, support_pixel_counts
+
+
 def make_episode(benchmark: Benchmark, fold: int, shot: int, run: int, seed: int, pixel_counts: np.ndarray,
                  settings: EvaluationSettings | None = None, support_pixel_counts: np.ndarray | None = None
                  ) -> Episode:
-    """Draw the run's support set (K per novel class, repeated if fewer exist) and its queries.
+    """The `independent` sampler: run `run`'s support set (K per novel class, repeated if fewer exist) from a
+    generator seeded by the run's own seed, and its queries.
 
     `pixel_counts` are those of the val split (the queries). With `settings.support_source == "train"`,
     `support_pixel_counts` are those of the train split and supports are not removed from the queries.
     """
-    settings = settings or benchmark.evaluation_settings()
-    if shot < 1:
-        raise GFSSError(f"--shot must be >= 1, got {shot}")
-    from_val = settings.support_source == "val"
-    if not from_val and support_pixel_counts is None:
-        raise ValueError("support_source 'train' needs the train split's pixel counts")
-    episode_seed = run_seed(seed, benchmark.name, fold, shot, run)
-    rng = np.random.default_rng(episode_seed)
+    settings, support_counts = _checked(benchmark, shot, pixel_counts, settings, support_pixel_counts)
+    rng = np.random.default_rng(run_seed(seed, benchmark.name, fold, shot, run))
     supports = []
-    support_counts = pixel_counts if from_val else support_pixel_counts
     for cls, candidates in zip(benchmark.novel_classes(fold),
                                support_candidates(benchmark, fold, support_counts, settings)):
         if candidates.size == 0:
-            alone = " and no other novel class" if settings.single_novel_supports else ""
-            raise GFSSError(
-                f"novel class {cls} ({benchmark.class_names[cls - 1]}) of {benchmark.name} fold {fold} has no "
-                f"support candidate in the {settings.support_source} split (needs >= {settings.min_support_pixels} "
-                f"pixels of it{alone}); check the data, lower --min-support-pixels or change --support-source")
+            raise _no_candidate(benchmark, fold, cls, settings)
         if candidates.size >= shot:
             chosen = rng.choice(candidates, size=shot, replace=False)
         else:  # facts §4: repeat the found ones
             chosen = np.resize(rng.permutation(candidates), shot)
-        supports.append(tuple(int(i) for i in chosen))
-    used = {i for group in supports for i in group} if from_val else set()
-    queries = np.array([i for i in query_candidates(benchmark, pixel_counts) if i not in used], dtype=np.int64)
-    if benchmark.shuffle_queries:
-        queries = rng.permutation(queries)
-    if settings.max_queries is not None:
-        queries = queries[:settings.max_queries]
-    return Episode(run, episode_seed, tuple(supports), tuple(int(i) for i in queries))
+        supports.append(chosen)
+    return _episode(benchmark, fold, shot, run, seed, pixel_counts, settings, supports, rng)
+
+
+def diam_supports(benchmark: Benchmark, fold: int, shot: int, runs: int, seed: int, pixel_counts: np.ndarray,
+                  settings: EvaluationSettings, image_keys: Optional[Sequence[Any]] = None
+                  ) -> list[list[list[int]]]:
+    """The official support sets of `runs` runs (facts §4a): [run][novel class][shot] image indices.
+
+    `pixel_counts` are those of the support split; `image_keys` identify its images (an image listed twice in the
+    list file is one image; default: the index).
+    """
+    rng = random.Random(seed)
+    keys = image_keys if image_keys is not None else range(len(pixel_counts))
+    candidates = area_candidates(benchmark, fold, pixel_counts, settings)
+    # An image holds several novel classes when its values minus 0, 255 and the base ids are more than one.
+    others = np.ones(256, dtype=bool)
+    others[[0, 255, *benchmark.base_classes(fold)]] = False
+    multi_novel = ((pixel_counts > 0) & others).sum(axis=1) > 1
+    per_run = []
+    for _ in range(runs):
+        supports = []
+        for cls, class_candidates in zip(benchmark.novel_classes(fold), candidates):
+            order = list(range(len(class_candidates)))
+            rng.shuffle(order)
+            chosen: list[int] = []
+            for position in order:
+                if len(chosen) == shot:
+                    break
+                image = int(class_candidates[position])
+                if any(keys[image] == keys[i] for i in chosen) or (settings.single_novel_supports
+                                                                   and multi_novel[image]):
+                    continue
+                chosen.append(image)
+            if not chosen:
+                raise _no_candidate(benchmark, fold, cls, settings)
+            if len(chosen) < shot:  # repeat found ones, chosen by index
+                chosen += [chosen[i] for i in rng.choices(range(len(chosen)), k=shot - len(chosen))]
+            supports.append(chosen)
+        per_run.append(supports)
+    return per_run
+
+
+def make_episodes(benchmark: Benchmark, fold: int, shot: int, runs: int, seed: int, pixel_counts: np.ndarray,
+                  settings: EvaluationSettings | None = None, support_pixel_counts: np.ndarray | None = None,
+                  sampler: str = "diam", image_keys: Optional[Sequence[Any]] = None) -> list[Episode]:
+    """All `runs` episodes of one (benchmark, fold, shot) evaluation with `sampler` (see the module docstring);
+    `image_keys` as in `diam_supports`."""
+    if sampler == "independent":
+        return [make_episode(benchmark, fold, shot, run, seed, pixel_counts, settings, support_pixel_counts)
+                for run in range(runs)]
+    if sampler != "diam":
+        check_episodes(sampler)
+        raise ValueError(f"episodes {sampler!r} come from a file: use EpisodeFile")
+    settings, support_counts = _checked(benchmark, shot, pixel_counts, settings, support_pixel_counts)
+    per_run = diam_supports(benchmark, fold, shot, runs, seed, support_counts, settings, image_keys)
+    return [_episode(benchmark, fold, shot, run, seed, pixel_counts, settings, supports)
+            for run, supports in enumerate(per_run)]
+
+
+def episodes_document(benchmark: Benchmark, fold: int, shot: int, seed: int, sampler: str,
+                      episodes: Sequence[Episode], support_names: Sequence[str]) -> dict:
+    """One (fold, shot) entry of `gfss-bench episodes --format json`: per run the support image stems of each
+    novel class and the number of queries."""
+    names = [benchmark.class_names[c - 1] for c in benchmark.novel_classes(fold)]
+    return {"benchmark": benchmark.name, "fold": fold, "shot": shot, "seed": seed, "episodes": sampler,
+            "runs": [{"run": e.run, "supports": {name: [support_names[i] for i in group]
+                                                 for name, group in zip(names, e.supports)},
+                      "num_queries": len(e.queries)} for e in episodes]}
+
+
+def file_digest(data: bytes) -> str:
+    """The 16-hex-digit sha256 prefix that names an episode file in run specs (`file:<digest>`)."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+class EpisodeFile:
+    """Support sets read from a JSON file of `gfss-bench episodes --format json` (for example one published with
+    a paper), for `run --episodes FILE`: the runs use exactly its support images."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path).expanduser()
+        try:
+            data = self.path.read_bytes()
+        except OSError as error:
+            raise GFSSError(f"--episodes: cannot read {self.path} ({error.strerror or error}); pass diam, "
+                            "independent or a file written by `gfss-bench episodes --format json`") from None
+        self.digest = file_digest(data)
+        try:
+            entries = json.loads(data)
+        except (UnicodeDecodeError, ValueError) as error:
+            raise self.error(f"is not valid JSON ({error})") from None
+        if not isinstance(entries, list) or not all(self._well_formed(e) for e in entries):
+            raise self.error('must be a list of {"benchmark", "fold", "shot", "runs": [{"run", "supports": '
+                             '{class name: [image stem, ...]}}]} objects, as `gfss-bench episodes --format json` '
+                             "writes")
+        self.entries = entries
+
+    @property
+    def episodes(self) -> str:
+        """The RunSpec.episodes of runs that use this file."""
+        return FILE_PREFIX + self.digest
+
+    def error(self, message: str) -> GFSSError:
+        return GFSSError(f"episode file {self.path} {message}")
+
+    @staticmethod
+    def _well_formed(entry: Any) -> bool:
+        def is_int(value):
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        return (isinstance(entry, dict) and isinstance(entry.get("benchmark"), str) and is_int(entry.get("fold"))
+                and is_int(entry.get("shot")) and isinstance(entry.get("runs"), list)
+                and all(isinstance(run, dict) and is_int(run.get("run")) and isinstance(run.get("supports"), dict)
+                        and all(isinstance(names, list) and all(isinstance(n, str) for n in names)
+                                for names in run["supports"].values()) for run in entry["runs"]))
+
+    def entry(self, benchmark: Benchmark, fold: int, shot: int, runs: int) -> dict:
+        """The file's object for (benchmark, fold, shot), checked against the run count and the fold's classes."""
+        if not any(e["benchmark"] == benchmark.name for e in self.entries):
+            held = sorted({e["benchmark"] for e in self.entries})
+            raise self.error(f"holds episodes of {', '.join(held) or 'no benchmark'}, not of {benchmark.name}")
+        matches = [e for e in self.entries if (e["benchmark"], e["fold"], e["shot"]) == (benchmark.name, fold, shot)]
+        if len(matches) != 1:
+            held = ", ".join(f"fold {e['fold']} {e['shot']}-shot" for e in self.entries
+                             if e["benchmark"] == benchmark.name)
+            how = "several entries" if matches else "no entry"
+            raise self.error(f"has {how} for {benchmark.name} fold {fold} {shot}-shot (it holds: {held}); pick "
+                             "--fold/--shot accordingly")
+        entry = matches[0]
+        if [r["run"] for r in entry["runs"]] != list(range(runs)):
+            raise self.error(f"holds {len(entry['runs'])} run(s) for {benchmark.name} fold {fold} {shot}-shot, "
+                             f"numbered 0.., but --runs is {runs}; pass --runs {len(entry['runs'])}")
+        names = [benchmark.class_names[c - 1] for c in benchmark.novel_classes(fold)]
+        for run in entry["runs"]:
+            if set(run["supports"]) != set(names):
+                unknown = sorted(set(run["supports"]) - set(names))
+                missing = [n for n in names if n not in run["supports"]]
+                raise self.error(f"run {run['run']} of {benchmark.name} fold {fold} {shot}-shot: "
+                                 + (f"unknown class name(s) {', '.join(unknown)}" if unknown else
+                                    f"no supports for {', '.join(missing)}")
+                                 + f"; the novel classes are {', '.join(names)}")
+            short = [n for n in names if len(run["supports"][n]) != shot]
+            if short:
+                raise self.error(f"run {run['run']} of {benchmark.name} fold {fold}: class {short[0]} has "
+                                 f"{len(run['supports'][short[0]])} support image(s), not {shot}")
+        return entry
+
+    def make_episodes(self, benchmark: Benchmark, fold: int, shot: int, runs: int, seed: int,
+                      pixel_counts: np.ndarray, settings: EvaluationSettings, support_names: Sequence[str]
+                      ) -> list[Episode]:
+        """The file's support sets as episodes (image stems -> indices into the support split), queries as the
+        samplers define them."""
+        entry = self.entry(benchmark, fold, shot, runs)
+        index: dict[str, int] = {}
+        for i, name in enumerate(support_names):
+            index.setdefault(name, i)
+        names = [benchmark.class_names[c - 1] for c in benchmark.novel_classes(fold)]
+        episodes = []
+        for run in entry["runs"]:
+            supports = []
+            for name in names:
+                missing = [stem for stem in run["supports"][name] if stem not in index]
+                if missing:
+                    raise self.error(f"lists image {missing[0]!r} (run {run['run']}, class {name}), which is not in "
+                                     f"the {settings.support_source} split of the data; check --data-root and "
+                                     "--support-source")
+                supports.append([index[stem] for stem in run["supports"][name]])
+            episodes.append(_episode(benchmark, fold, shot, run["run"], seed, pixel_counts, settings, supports))
+        return episodes

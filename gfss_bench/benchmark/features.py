@@ -1,8 +1,9 @@
 """Features of the frozen base segmenter, computed once where a run needs them.
 
-Images are decoded, resized and padded in DataLoader workers (uint8, pinned on CUDA), normalised on the
-device, and passed through the segmenter under autocast when a reduced precision is chosen. Two sources
-share one interface, `batches(list of index lists) -> iterator of (features, labels)`:
+Images are decoded and preprocessed (`transforms.preprocess`: resized, padded and normalised as the official code
+does, float32) in DataLoader workers, moved through pinned memory on CUDA, and passed through the segmenter under
+autocast when a reduced precision is chosen. Two sources share one interface, `batches(list of index lists) ->
+iterator of (features, labels)`:
 
 - `StoredFeatures`: every candidate image extracted up front in fixed chunks and then read back by every run
   and method, either in memory (float32; small datasets) or in a float16 memory-mapped file on disk
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gfss_bench.benchmark.transforms import normalize, resize_and_pad_uint8
+from gfss_bench.benchmark.transforms import preprocess
 from gfss_bench.errors import GFSSError
 from gfss_bench.paths import atomic_write_text
 
@@ -57,7 +58,7 @@ class FeatureConfig:
 
 
 class _PreparedBatches(Dataset):
-    """Item b: the images of batches[b] resized and padded (uint8 [n, S, S, 3]) and their labels (uint8 [n, S, S],
+    """Item b: the images of batches[b] preprocessed (float32 [n, 3, S, S]) and their labels (uint8 [n, S, S],
     original class ids, 255 padding). One item is one batch so that workers keep batch composition fixed."""
 
     def __init__(self, split, batches: Sequence[Sequence[int]], image_size: int):
@@ -67,9 +68,9 @@ class _PreparedBatches(Dataset):
         return len(self.batches)
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [resize_and_pad_uint8(*self.split.load(i), self.image_size) for i in self.batches[position]]
-        return (torch.from_numpy(np.stack([image for image, _ in pairs])),
-                torch.from_numpy(np.stack([label for _, label in pairs])))
+        pairs = [preprocess(*self.split.load(i), self.image_size) for i in self.batches[position]]
+        return (torch.stack([image for image, _ in pairs]),
+                torch.stack([label for _, label in pairs]).to(torch.uint8))  # ids 0..255: uint8 is exact
 
 
 class Extractor:
@@ -92,7 +93,7 @@ class Extractor:
                             prefetch_factor=2 if self.workers else None)
         dtype = PRECISIONS[self.precision]
         for images, labels in loader:
-            images = normalize(images.to(self.device, non_blocking=True))
+            images = images.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 features = self.segmenter.extract_features(images)
             yield features.float(), labels

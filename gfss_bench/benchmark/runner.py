@@ -1,9 +1,10 @@
 """Run specs, their ids, and the runner that evaluates methods on seeded episodes.
 
 A `RunSpec` (method + options, benchmark, fold, protocol, shot, runs, seed, convention, segmenter, device,
-evaluation settings, feature precision) hashes to a run id, which is the cache key and the result file name.
+evaluation settings, feature precision, support sampler, protocol and method versions) hashes to a run id, which
+is the cache key and the result file name.
 Specs that share the data (`RunSpec.data_key`) share one segmenter and one feature source; specs that share an
-episode (same shot, seed, run and evaluation settings) are evaluated together, batch by batch, so every query
+episode (same shot, seed, run, evaluation settings and sampler) are evaluated together, batch by batch, so every query
 batch is decoded and passed through the segmenter once for all methods of an invocation.
 """
 
@@ -26,20 +27,26 @@ import numpy as np
 import torch
 
 from gfss_bench.benchmark.distributed import SINGLE_PROCESS, Workers
-from gfss_bench.benchmark.episodes import Episode, make_episode, query_candidates
+from gfss_bench.benchmark.episodes import (
+    FILE_PREFIX, Episode, EpisodeFile, check_episodes, episodes_document, make_episodes, query_candidates)
 from gfss_bench.benchmark.features import (
     EXTRACTION_CHUNK, PRECISIONS, Extractor, FeatureConfig, StoredFeatures, StreamedFeatures, chunked,
     segmenter_fingerprint)
 from gfss_bench.benchmark.metrics import CONVENTIONS, score_probabilities, scores
+from gfss_bench.benchmark.transforms import PREPROCESSING_VERSION
 from gfss_bench.errors import GFSSError
 from gfss_bench.methods import Fitted, Method, Task, build_method
+from gfss_bench.models.families import BUILTIN as BUILTIN_SEGMENTER, SegmenterLoader
 from gfss_bench.progress import progress_bar
 from gfss_bench.protocols import Benchmark, EvaluationSettings, get_benchmark, get_protocol
+from gfss_bench.results.describe import self_description
 from gfss_bench.results.store import ResultStore, canonical_json
 
 DEFAULT_SEED = 2023
 DEFAULT_RUNS = 5
-BUILTIN_SEGMENTER = "builtin"
+# Version of the evaluation protocol, part of every run spec. 2: OpenCV preprocessing and the official support
+# sampler (facts §4a). Results stored before it lack the field and count as version 1.
+PROTOCOL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,10 @@ class RunSpec:
     evaluation: Optional[EvaluationSettings] = None  # filled by `create` with the benchmark's official values
     feature_precision: str = "fp32"  # autocast dtype of the feature extraction: fp32, fp16 or bf16
     feature_cache: bool = False  # features went through the float16 on-disk cache (--feature-cache)
+    episodes: str = "diam"  # support sampler: diam (official), independent, or file:<digest> (run --episodes FILE)
+    protocol_version: int = PROTOCOL_VERSION
+    method_version: int = 1  # filled by `create` with the method's `version`
+    benchmark_digest: Optional[str] = None  # filled by `create` for a YAML or plugin benchmark: its definition's hash
 
     @classmethod
     def create(cls, method: str, benchmark: str, fold: int, protocol: str, shot: int,
@@ -76,8 +87,10 @@ class RunSpec:
         if kwargs.get("feature_precision", "fp32") not in PRECISIONS:
             raise GFSSError(f"--feature-precision {kwargs['feature_precision']!r} is unknown; choose from: "
                             f"{', '.join(PRECISIONS)}")
+        check_episodes(kwargs.get("episodes", "diam"))
         spec = cls(method, _freeze(built.options()), benchmark, fold, protocol, shot,
-                   evaluation=bench.evaluation_settings(**(evaluation or {})), **kwargs)
+                   evaluation=bench.evaluation_settings(**(evaluation or {})), method_version=type(built).version,
+                   benchmark_digest=bench.digest, **kwargs)
         if spec.runs < 1:
             raise GFSSError(f"--runs must be >= 1, got {spec.runs}")
         if spec.convention not in CONVENTIONS:
@@ -104,7 +117,7 @@ class RunSpec:
 
     def episode_key(self, run: int) -> tuple:
         """Specs with equal keys see the same episode in run `run`."""
-        return (self.shot, self.seed, run, self.evaluation)
+        return (self.shot, self.seed, run, self.evaluation, self.episodes)
 
 
 def _freeze(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -120,11 +133,6 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise GFSSError(f"--device {name!r} is unknown; choose from: auto, cpu, cuda")
     return torch.device(name)
-
-
-def default_precision(device: torch.device) -> str:
-    """fp16 autocast for feature extraction on CUDA, exact fp32 on the CPU."""
-    return "fp16" if device.type == "cuda" else "fp32"
 
 
 def provenance(device: torch.device) -> dict[str, Any]:
@@ -164,15 +172,32 @@ class EvaluationData:
     skipped_images: list[dict] = dataclasses.field(default_factory=list)  # with --skip-bad-images
     segmenter_source: Optional[dict] = None  # e.g. the checkpoint file a `checkpoint:<sha>` segmenter came from
     feature_storage: str = "memory"  # memory, disk or streamed
+    episode_file: Optional[EpisodeFile] = None  # the support sets of specs with episodes "file:<digest>"
+    segmenter_label: Optional[str] = None  # the user's choice over all folds (`SegmenterFamily.label`)
+    _episodes: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def support_names(self, episode: Episode) -> list[list[str]]:
         """The image names of an episode's support set, as stored in results and checkpoints."""
         names = self.support_names_list or self.names
         return [[names[i] for i in group] for group in episode.supports]
 
-    def episode(self, spec: RunSpec, run: int) -> Episode:
-        return make_episode(self.benchmark, spec.fold, spec.shot, run, spec.seed, self.pixel_counts, spec.evaluation,
-                            self.support_pixel_counts)
+    def episodes(self, spec: RunSpec) -> list[Episode]:
+        """The `spec.runs` episodes of the spec's evaluation, made at once (the official sampler's run r continues
+        the stream of runs < r) and kept for the other specs that share them."""
+        key = (spec.fold, spec.shot, spec.seed, spec.evaluation, spec.episodes)
+        if len(self._episodes.get(key, ())) < spec.runs:
+            names = self.support_names_list or self.names
+            if spec.episodes.startswith(FILE_PREFIX):
+                if self.episode_file is None or self.episode_file.episodes != spec.episodes:
+                    raise GFSSError(f"this run spec uses the support sets of an episode file ({spec.episodes}): "
+                                    "pass that file with --episodes FILE")
+                made = self.episode_file.make_episodes(self.benchmark, spec.fold, spec.shot, spec.runs, spec.seed,
+                                                       self.pixel_counts, spec.evaluation, names)
+            else:
+                made = make_episodes(self.benchmark, spec.fold, spec.shot, spec.runs, spec.seed, self.pixel_counts,
+                                     spec.evaluation, self.support_pixel_counts, spec.episodes, names)
+            self._episodes[key] = made
+        return self._episodes[key][:spec.runs]
 
 
 def _open_checked_split(benchmark: Benchmark, split_name: str, data_root: Optional[Path], skip_bad_images: bool,
@@ -198,6 +223,24 @@ def _open_checked_split(benchmark: Benchmark, split_name: str, data_root: Option
                         f"{unknown[0]}, outside {benchmark.name}'s 0..{benchmark.num_classes} and 255 (void); fix "
                         "the label file or pick the benchmark that matches the data")
     return split, pixel_counts, skipped
+
+
+def list_episodes(benchmark: Benchmark, folds: Iterable[int], shots: Iterable[int], runs: int, seed: int,
+                  episodes: str, settings: EvaluationSettings, data_root: Optional[Path] = None,
+                  skip_bad_images: bool = False, log: Callable[[str], None] = lambda message: None) -> list[dict]:
+    """The support sets `run` would use, without any model: one `episodes_document` per (fold, shot)."""
+    split, pixel_counts, _ = _open_checked_split(benchmark, "val", data_root, skip_bad_images, log)
+    support_counts, names = None, split.names
+    if settings.support_source == "train":
+        support_split, support_counts, _ = _open_checked_split(benchmark, "train", data_root, skip_bad_images, log)
+        names = support_split.names
+    documents = []
+    for fold in folds:
+        for shot in shots:
+            made = make_episodes(benchmark, fold, shot, runs, seed, pixel_counts, settings, support_counts, episodes,
+                                 names)
+            documents.append(episodes_document(benchmark, fold, shot, seed, episodes, made, names))
+    return documents
 
 
 def _feature_bytes(num_images: int, num_channels: int, image_size: int) -> int:
@@ -233,7 +276,8 @@ def _load_evaluation_data(spec: RunSpec, device: torch.device, segmenter_loader:
         description = None
         if spec.feature_cache:
             description = {"segmenter": segmenter_fingerprint(segmenter), "list": split.cache_key(),
-                           "image_size": settings.image_size, "precision": spec.feature_precision,
+                           "image_size": settings.image_size, "preprocessing": PREPROCESSING_VERSION,
+                           "precision": spec.feature_precision,
                            "device": device.type}
         queries = StoredFeatures(extractor, candidates, features.cache_dir if spec.feature_cache else None,
                                  description)
@@ -251,7 +295,8 @@ def _load_evaluation_data(spec: RunSpec, device: torch.device, segmenter_loader:
     return EvaluationData(benchmark, weight.detach().float().cpu(), bias.detach().float().cpu(), pixel_counts,
                           queries, list(split.names), supports, support_counts,
                           list(support_split.names) if support_split is not None else None, skipped,
-                          getattr(segmenter, "checkpoint_source", None), storage)
+                          getattr(segmenter, "checkpoint_source", None), storage,
+                          segmenter_label=getattr(segmenter, "segmenter_label", None))
 
 
 def _fill(store: StoredFeatures, workers: Workers, spec: RunSpec, log: Callable[[str], None]) -> None:
@@ -270,14 +315,6 @@ def _fill(store: StoredFeatures, workers: Workers, spec: RunSpec, log: Callable[
     if store.missing_chunks():
         raise GFSSError(f"the feature cache {store.arrays.folder} is still incomplete after filling it (another "
                         "process may have been interrupted); rerun the command")
-
-
-def builtin_segmenter_loader(spec: RunSpec, device: torch.device):
-    from gfss_bench.models import builtin_segmenter
-
-    if spec.segmenter != BUILTIN_SEGMENTER:
-        raise GFSSError(f"segmenter {spec.segmenter!r} is not available; only the built-in ones are")
-    return builtin_segmenter(spec.benchmark, spec.fold, spec.protocol, device=device)
 
 
 class NonFiniteOutput(GFSSError):
@@ -369,9 +406,10 @@ def _aggregate(per_run: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 
 def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: Optional[int] = None, force: bool = False,
-            segmenter_loader: Callable = builtin_segmenter_loader, data_root: Optional[Path] = None,
+            segmenter_loader: Optional[Callable] = None, data_root: Optional[Path] = None,
             log: Callable[[str], None] = lambda message: None, skip_bad_images: bool = False,
-            features: FeatureConfig = FeatureConfig(), workers: Workers = SINGLE_PROCESS) -> list[dict]:
+            features: FeatureConfig = FeatureConfig(), workers: Workers = SINGLE_PROCESS,
+            episode_file: Optional[Path] = None) -> list[dict]:
     """Evaluate every spec not yet stored (or all with `force`); return the results of all specs.
 
     Progress is checkpointed per run in `<run_id>.partial.json` (see `ResultStore.save_partial`): a spec
@@ -380,8 +418,13 @@ def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: Optiona
     labels (or image/label size mismatches) are left out with a warning and listed in the result's
     `skipped_images`; the run id does not change (see README, "Long sweeps"). Under torchrun (`workers`),
     every rank computes its share of the query batches; rank 0 alone reads checkpoints and writes results.
+    `segmenter_loader(spec, device)` builds a data key's segmenter; the default, a `families.SegmenterLoader` with
+    nothing registered, builds the built-in ones (run ids naming other weights need the loader they were added to).
+    Specs with episodes `file:<digest>` take their support sets from `episode_file`, whose digest must match.
     """
     specs = list(dict.fromkeys(specs))
+    segmenter_loader = segmenter_loader or SegmenterLoader()  # builds each spec's segmenter through its family
+    episodes = _episode_file(specs, episode_file)
     results: dict[str, dict] = {}
     if not workers.is_main:
         log = lambda message: None  # noqa: E731 - only rank 0 reports
@@ -407,6 +450,7 @@ def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: Optiona
         started = time.perf_counter()
         data = _load_evaluation_data(group[0], device, segmenter_loader, data_root, skip_bad_images, features,
                                      workers, log)
+        data.episode_file = episodes
         shared_seconds = time.perf_counter() - started
         group = load_stored(group)  # stored by a concurrent process meanwhile
         if force and workers.is_main:
@@ -431,6 +475,24 @@ def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: Optiona
     return [results[spec.run_id] for spec in specs]
 
 
+def _episode_file(specs: list[RunSpec], path: Optional[Path]) -> Optional[EpisodeFile]:
+    """The episode file of the specs with episodes `file:<digest>`, checked against every such spec up front."""
+    wanted = sorted({spec.episodes for spec in specs if spec.episodes.startswith(FILE_PREFIX)})
+    if not wanted:
+        return None
+    if path is None:
+        raise GFSSError(f"these run specs use the support sets of an episode file ({', '.join(wanted)}): pass that "
+                        "file with --episodes FILE")
+    episodes = EpisodeFile(path)
+    if wanted != [episodes.episodes]:
+        raise episodes.error(f"has digest {episodes.digest}, but the run specs use {', '.join(wanted)}; pass the "
+                             "file they were made with (a changed file gives new run specs)")
+    for spec in specs:
+        if spec.episodes == episodes.episodes:
+            episodes.entry(get_benchmark(spec.benchmark), spec.fold, spec.shot, spec.runs)
+    return episodes
+
+
 def _resumable_runs(store: ResultStore, spec: RunSpec, data: EvaluationData, log: Callable[[str], None]
                     ) -> list[dict]:
     """The completed runs of an interrupted evaluation of `spec`, when its checkpoint matches exactly."""
@@ -442,7 +504,8 @@ def _resumable_runs(store: ResultStore, spec: RunSpec, data: EvaluationData, log
           and isinstance(runs, list) and len(runs) < spec.runs)
     if ok:
         for run in runs:
-            episode = data.episode(spec, run.get("run", -1)) if isinstance(run.get("run"), int) else None
+            index = run.get("run")
+            episode = data.episodes(spec)[index] if isinstance(index, int) and 0 <= index < spec.runs else None
             ok = ok and episode is not None and (run.get("seed") == episode.seed
                                                  and run.get("num_queries") == len(episode.queries)
                                                  and run.get("support_images") == data.support_names(episode))
@@ -469,7 +532,7 @@ def _evaluate_group(group: list[RunSpec], data: EvaluationData, device: torch.de
         for state in states:
             if len(state.runs) <= run < state.spec.runs:
                 shared[state.spec.episode_key(run)].append(state)
-        plan += [(data.episode(members[0].spec, run), members) for members in shared.values()]
+        plan += [(data.episodes(members[0].spec)[run], members) for members in shared.values()]
     total = sum(len(workers.shard(list(episode.queries))) * len(members) for episode, members in plan)
     methods = ", ".join(dict.fromkeys(spec.method for spec in group))
     started = time.perf_counter()
@@ -510,4 +573,6 @@ def _result_record(state: _SpecState, data: EvaluationData, device: torch.device
         "num_base": len(benchmark.base_classes(spec.fold)), "num_novel": len(benchmark.novel_classes(spec.fold)),
         "runs": state.runs, "aggregate": _aggregate([r["scores"] for r in state.runs]), "provenance": record,
         "skipped_images": data.skipped_images,
+        "segmenter_label": data.segmenter_label or spec.segmenter,  # a report row's segmenter (describe.py)
+        **self_description(spec.method, dict(spec.method_options), build_method(spec.method).options(), benchmark),
     }

@@ -1,25 +1,32 @@
 """Sweeps: a YAML file describing a grid of run specs, expanded and evaluated with resume.
 
-Example (every list may also be a single value; `folds: all` or no `folds` means every fold):
+The keys are the options of `gfss-bench run`, spelled with underscores (see `plan`); the grid axes take a
+list or a single value. Example (`fold: all` or no `fold` means every fold):
 
     results_dir: results
-    methods: [diam, imprint]
-    benchmarks: [synthetic5i]
-    protocols: [practical, standard]
-    folds: all
-    shots: [1, 5]
+    method: [diam, imprint]
+    benchmark: [synthetic5i]          # names or benchmark YAML files (relative to the current folder)
+    protocol: [practical, standard]
+    fold: all
+    shot: [1, 5]
     runs: 5
     seed: 2023
-    conventions: [diam]
-    options:              # per method; a list is a grid axis
+    convention: [diam]
+    option:                           # per method; a list is a grid axis
       diam:
         iterations: [50, 100]
         pi_strategy: self
-    evaluation:           # optional: overrides of the benchmark's official evaluation settings
-      max_queries: 1000
-      support_source: val
-    feature_precision: fp32   # default: fp16 on CUDA, fp32 on CPU
-    feature_cache: /scratch/gfss-features   # optional float16 on-disk features
+    queries: 1000                     # evaluation settings, as for run: image_size, queries, support_source, ...
+    episodes: diam                    # or independent, or an episodes JSON file
+    checkpoint: model_ckpt            # or segmenter: FAMILY:REF
+    data_root: data/VOC2012
+    feature_precision: fp16           # default: fp32, as the official code
+    feature_cache: /scratch/gfss-features
+    plugin: [my_methods]              # modules imported first, as with --plugin
+
+Files written before the keys were unified still load: `methods`, `benchmarks`, `protocols`, `folds`, `shots`,
+`conventions`, `options` and `plugins` are read as their singular names, and an `evaluation:` mapping of
+EvaluationSettings fields as the individual settings.
 
 The grid is methods x option settings x benchmarks x protocols x folds x shots x conventions. Specs
 already stored (by run id) are skipped, so rerunning the same sweep after a crash or a kill resumes
@@ -28,39 +35,19 @@ it; a spec interrupted between runs resumes at its first missing run (see `runne
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 from pathlib import Path
 from typing import Any, Optional
 
-from gfss_bench.benchmark.features import FeatureConfig
-from gfss_bench.benchmark.runner import DEFAULT_RUNS, DEFAULT_SEED, RunSpec, default_precision, resolve_device
+from gfss_bench.benchmark.plan import EVALUATION_KEYS, KEYS, plan
+from gfss_bench.benchmark.runner import RunSpec
 from gfss_bench.errors import GFSSError
-from gfss_bench.protocols import EvaluationSettings
 
-KEYS = {"results_dir", "methods", "benchmarks", "protocols", "folds", "shots", "runs", "seed", "conventions",
-        "options", "device", "batch_size", "data_root", "skip_bad_images", "evaluation", "feature_precision",
-        "feature_cache"}
-
-
-EVALUATION_FIELDS = {field.name for field in dataclasses.fields(EvaluationSettings)}
-
-
-def _as_list(config: dict, key: str, default: list, kind: type) -> list:
-    value = config.get(key, default)
-    values = value if isinstance(value, list) else [value]
-    if not values:
-        raise GFSSError(f"sweep config: {key!r} is an empty list; give at least one value")
-    for item in values:
-        if kind is int and (isinstance(item, bool) or not isinstance(item, int)):
-            raise GFSSError(f"sweep config: {key!r} must hold integers, got {item!r}")
-        if kind is str and not isinstance(item, str):
-            raise GFSSError(f"sweep config: {key!r} must hold names, got {item!r}")
-    return list(dict.fromkeys(values))
+ALIASES = {"methods": "method", "benchmarks": "benchmark", "protocols": "protocol", "folds": "fold",
+           "shots": "shot", "conventions": "convention", "options": "option", "plugins": "plugin"}
 
 
 def load_config(path: Path | str) -> dict:
-    """Read and check a sweep YAML file (a mapping with the keys in `KEYS`)."""
+    """Read and check a sweep YAML file: a mapping of run option names (or their older spellings) to values."""
     import yaml
 
     path = Path(path)
@@ -72,78 +59,47 @@ def load_config(path: Path | str) -> dict:
         raise GFSSError(f"sweep config {path} is not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(config, dict):
         raise GFSSError(f"sweep config {path} must be a YAML mapping (keys: {', '.join(sorted(KEYS))})")
-    unknown = sorted(set(config) - KEYS)
-    if unknown:
-        raise GFSSError(f"sweep config {path}: unknown key(s) {', '.join(unknown)}; "
-                        f"choose from: {', '.join(sorted(KEYS))}")
+    run_settings(config, f"sweep config {path}")
     return config
+
+
+def run_settings(config: dict, where: str = "sweep config") -> dict[str, Any]:
+    """The run settings of a sweep config: older spellings renamed, `evaluation:` spread into its settings."""
+    settings: dict[str, Any] = {}
+    for key, value in config.items():
+        if key == "evaluation":
+            if not isinstance(value, dict) or set(value) - set(EVALUATION_KEYS):
+                raise GFSSError(f"{where}: 'evaluation' must map settings to values; settings: "
+                                f"{', '.join(sorted(EVALUATION_KEYS))}")
+            items = [(EVALUATION_KEYS[field], item) for field, item in value.items()]
+        else:
+            items = [(ALIASES.get(key, key), value)]
+        for name, item in items:
+            if name in settings:
+                raise GFSSError(f"{where}: {name!r} is given twice (also under another spelling)")
+            settings[name] = item
+    unknown = sorted(set(settings) - KEYS)
+    if unknown:
+        raise GFSSError(f"{where}: unknown key(s) {', '.join(unknown)}; choose from: {', '.join(sorted(KEYS))}")
+    return settings
 
 
 def expand(config: dict) -> list[RunSpec]:
     """Every spec of the grid, in a stable order (method, options, benchmark, protocol, fold, shot, convention)."""
-    from gfss_bench.methods import METHODS
-    from gfss_bench.protocols import get_benchmark
-
-    methods = _as_list(config, "methods", ["diam"], str)
-    benchmarks = _as_list(config, "benchmarks", ["synthetic5i"], str)
-    protocols = _as_list(config, "protocols", ["practical"], str)
-    shots = _as_list(config, "shots", [1], int)
-    conventions = _as_list(config, "conventions", ["diam"], str)
-    runs, seed = config.get("runs", DEFAULT_RUNS), config.get("seed", DEFAULT_SEED)
-    for key, value in (("runs", runs), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise GFSSError(f"sweep config: {key!r} must be an integer, got {value!r}")
-    device = resolve_device(str(config.get("device", "auto")))
-    precision = str(config.get("feature_precision", default_precision(device)))
-    evaluation = config.get("evaluation") or {}
-    if not isinstance(evaluation, dict) or set(evaluation) - EVALUATION_FIELDS:
-        raise GFSSError(f"sweep config: 'evaluation' must map settings to values; settings: "
-                        f"{', '.join(sorted(EVALUATION_FIELDS))}")
-    options = config.get("options") or {}
-    if not isinstance(options, dict):
-        raise GFSSError("sweep config: 'options' must map a method name to its options")
-    for name in options:
-        if name not in methods:
-            raise GFSSError(f"sweep config: options for {name!r}, which is not among methods "
-                            f"({', '.join(methods)})")
-    for method in methods:
-        METHODS.get(method)
-    specs = []
-    for method in methods:
-        method_options = options.get(method) or {}
-        if not isinstance(method_options, dict):
-            raise GFSSError(f"sweep config: options of {method!r} must be a mapping KEY: VALUE or KEY: [VALUES]")
-        keys = sorted(method_options)
-        axes = [v if isinstance(v, list) else [v] for v in (method_options[k] for k in keys)]
-        for values in itertools.product(*axes):
-            chosen = dict(zip(keys, values))
-            for benchmark in benchmarks:
-                bench = get_benchmark(benchmark)
-                folds = config.get("folds", "all")
-                fold_list = list(range(bench.num_folds)) if folds == "all" else _as_list(config, "folds", [], int)
-                for protocol in protocols:
-                    for fold in fold_list:
-                        for shot in shots:
-                            for convention in conventions:
-                                specs.append(RunSpec.create(
-                                    method, benchmark, fold, protocol, shot, chosen, evaluation, runs=runs,
-                                    seed=seed, convention=convention, device=device.type,
-                                    feature_precision=precision,
-                                    feature_cache=config.get("feature_cache") is not None))
-    return list(dict.fromkeys(specs))
+    return plan(run_settings(config), "sweep config").specs
 
 
 def run_sweep(config: dict, results_dir: Optional[Path | str] = None, **execute_kwargs: Any) -> list[dict]:
-    """Expand the grid and evaluate what is not stored yet; returns every spec's result."""
-    from gfss_bench.benchmark.runner import execute
-    from gfss_bench.results.store import ResultStore
+    """Expand the grid and evaluate what is not stored yet; returns every spec's result. `execute_kwargs` override
+    what the config says (e.g. `force`, `log`)."""
+    planned = plan(run_settings(config), "sweep config")
+    if results_dir is not None:
+        planned.results_dir = Path(results_dir)
+    log = execute_kwargs.pop("log", lambda message: None)
+    planned.execute_kwargs.update(execute_kwargs)
+    return planned.execute(log)
 
-    specs = expand(config)
-    root = results_dir if results_dir is not None else config.get("results_dir", "results")
-    execute_kwargs.setdefault("batch_size", config.get("batch_size"))
-    execute_kwargs.setdefault("skip_bad_images", bool(config.get("skip_bad_images", False)))
-    if config.get("data_root") is not None:
-        execute_kwargs.setdefault("data_root", Path(config["data_root"]).expanduser())
-    if config.get("feature_cache") is not None:
-        execute_kwargs.setdefault("features", FeatureConfig(cache_dir=Path(config["feature_cache"]).expanduser()))
-    return execute(specs, ResultStore(root), **execute_kwargs)
+
+def results_dir_of(config: dict, override: Optional[Path | str] = None) -> Path:
+    """Where the sweep stores its results: `override` (--results-dir), else the config's, else results/."""
+    return Path(override if override is not None else config.get("results_dir", "results"))

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gfss_bench.benchmark.datasets import SPLITS, SegmentationList
+from gfss_bench.benchmark.datasets import SPLITS, SegmentationList, decode_image
 from gfss_bench.benchmark.prepare import parallel_map
 from gfss_bench.errors import GFSSError
 from gfss_bench.protocols.benchmarks import Benchmark
@@ -69,8 +69,7 @@ def verify_dataset(benchmark: Benchmark, root: Path | str, splits: Sequence[str]
     for split in splits:
         list_file = root / f"{split}.txt"
         if not list_file.is_file():
-            hint = f"; run `gfss-bench data prepare {benchmark.dataset} --root {root}`" if benchmark.dataset in (
-                "pascal", "coco") else ""
+            hint = f"; run `gfss-bench data prepare {benchmark.prepare} --root {root}`" if benchmark.prepare else ""
             report.problems.append(Problem(split, str(list_file), f"missing{hint}"))
             continue
         try:
@@ -91,17 +90,19 @@ def check_item(task: tuple[Path, Path, int]) -> tuple[list[int], list[tuple[str,
     """(class ids 1..num_classes present, [(path, problem)]) of one image/label pair. Runs in a worker."""
     image_path, label_path, num_classes = task
     problems = []
+    image_size = None
     try:
-        with Image.open(image_path) as image:
-            image_size = image.size
-            image.draft("RGB", (image_size[0] // 8, image_size[1] // 8))  # JPEG: decode every byte at 1/8 scale
-            image.load()
+        image = decode_image(image_path.read_bytes())  # the decoder of the runs, so their failures show here
     except FileNotFoundError:
-        image_size = None
         problems.append((str(image_path), "image does not exist"))
-    except (OSError, UnidentifiedImageError) as error:
-        image_size = None
-        problems.append((str(image_path), f"image cannot be read ({error})"))
+    except OSError as error:
+        problems.append((str(image_path), f"image cannot be read ({error.strerror or error})"))
+    else:
+        if image is None:
+            problems.append((str(image_path), "image cannot be read (OpenCV cannot decode it: a truncated or corrupt "
+                                              "file, or not an image)"))
+        else:
+            image_size = (image.shape[1], image.shape[0])
     try:
         with Image.open(label_path) as label:
             if label.mode not in ("P", "L"):

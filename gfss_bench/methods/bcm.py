@@ -16,7 +16,10 @@ Fit:
    three or more classes, binomial for two). C is chosen over logspace(`c_min_exp`, `c_max_exp`,
    `c_grid_size`) by `cv_folds`-fold `StratifiedKFold` without shuffling, scored by the mean over the
    classes present in the validation fold of one-vs-rest average precision, averaged over folds; ties
-   go to the first C. With `bg_sampling`, the label-0 pixels of each training fold and of the final
+   go to the first C. As in the official code (gfss-facts §8 item 8) the folds stay `cv_folds` when a
+   class has fewer pixels: scikit-learn then proceeds (its warning is silenced), some validation
+   folds lack that class, and a class absent from a training fold is not scored in its validation
+   fold. With `bg_sampling`, the label-0 pixels of each training fold and of the final
    refit are down-sampled without replacement to the count of the largest other class when they
    outnumber it (that class is then the second largest). The random draws come from
    `numpy.random.SeedSequence([seed, k, model, stage])` with `seed = task.seed`, `model` 0 for the
@@ -46,9 +49,11 @@ Degenerate cases (documented choices, not in the paper):
   predicted);
 - a model whose training pixels hold a single class is not fitted (a shot model that saw none of
   T[k] contributes nothing; an entry without an all-shot model never changes predictions);
-- CV uses min(`cv_folds`, smallest class count) folds when a class has fewer pixels than
-  `cv_folds` (what StratifiedKFold needs); when that is below 2 (or the grid has one value), CV is
-  skipped and the middle grid value C_grid[(len - 1) // 2] is used;
+- only where scikit-learn would raise, CV deviates: when every class has fewer pixels than
+  `cv_folds` (StratifiedKFold raises), it uses as many folds as the largest class has pixels; when
+  that is below 2 (or the grid has one value), CV is skipped and the middle grid value
+  C_grid[(len - 1) // 2] is used; a training fold holding a single class (e.g. a binary model with a
+  one-pixel class; LogisticRegression raises) is left out of the average;
 - features are raised to `beta` as sign(x) * |x|**beta, which is x**beta for the post-ReLU
   (non-negative) features BCM assumes.
 
@@ -123,7 +128,7 @@ def head_probabilities(decision: np.ndarray) -> np.ndarray:
 
 
 def mean_average_precision(y: np.ndarray, probs: np.ndarray, classes: np.ndarray) -> float:
-    """Mean over the classes present in `y` of one-vs-rest average precision of probs[:, column]."""
+    """Mean over the `classes` (probs' columns) present in `y` of one-vs-rest average precision."""
     from sklearn.metrics import average_precision_score
 
     present = [i for i, c in enumerate(classes) if bool((y == c).any())]
@@ -223,6 +228,7 @@ class BCMFitted(Fitted):
 class BCM(Method):
     """BCM (NeurIPS 2024); the options are the official settings (C grid = logspace(min, max, size))."""
 
+    version = 2  # 2: CV keeps `cv_folds` folds when a class has fewer pixels (official behaviour)
     beta: float = 0.5
     top_k: int = 1
     ensemble: bool = True
@@ -311,12 +317,16 @@ class BCM(Method):
         from sklearn.model_selection import StratifiedKFold
 
         grid = self.c_grid
-        splits = min(self.cv_folds, int(np.bincount(y)[np.unique(y)].min()))
+        splits = min(self.cv_folds, int(np.bincount(y).max()))  # below cv_folds only where StratifiedKFold raises
         if splits < 2 or grid.size == 1:
             return float(grid[(grid.size - 1) // 2]), None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            split = list(StratifiedKFold(n_splits=splits, shuffle=False).split(x, y))
         folds = []
-        for f, (train, test) in enumerate(StratifiedKFold(n_splits=splits, shuffle=False).split(x, y)):
-            folds.append((train[self._sample(y[train], entropy + [1 + f])], test))
+        for f, (train, test) in enumerate(split):
+            if np.unique(y[train]).size > 1:  # LogisticRegression cannot fit a single class
+                folds.append((train[self._sample(y[train], entropy + [1 + f])], test))
         scores = np.zeros(grid.size)
         for g, C in enumerate(grid):
             for train, test in folds:

@@ -49,7 +49,7 @@ def _rename(key: str) -> Optional[str]:
 
 def convert_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
     """(state dict in this package's PSPNetResNet50 names, float32; the layout found: 'diam' or 'bam')."""
-    stripped = _strip_module_prefix(state)
+    stripped = strip_module_prefix(state)
     layout = "bam" if any(k.startswith(("cls.", "encoder.")) for k in stripped) else "diam"
     out: dict[str, torch.Tensor] = {}
     encoder: dict[str, torch.Tensor] = {}
@@ -65,7 +65,7 @@ def convert_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
     return out, layout
 
 
-def _strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Keys without DataParallel's `module.` prefix."""
     stripped = {}
     for key, value in state.items():
@@ -81,7 +81,7 @@ def infer_stem(state: dict[str, torch.Tensor]) -> str:
     return "7x7" if weight is not None and weight.dim() == 4 and weight.shape[-1] == 7 else "deep"
 
 
-def _mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str:
+def state_dict_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str:
     """'' when `state` has exactly the keys and shapes of `own` (BN counters may be absent and are filled in),
     else a description of the first missing, unexpected and wrongly shaped keys."""
     for key, value in own.items():  # old checkpoints lack BN counters, which do not affect inference
@@ -98,7 +98,7 @@ def _mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> s
     return "; ".join(parts)
 
 
-def _state_dict_in(payload, path: Path) -> dict[str, torch.Tensor]:
+def state_dict_in(payload, path: Path) -> dict[str, torch.Tensor]:
     """The state dict of a loaded file: the payload itself or its 'state_dict'/'model'/'model_state_dict'."""
     if isinstance(payload, dict) and not _is_state_dict(payload):
         for name in ("state_dict", "model", "model_state_dict"):
@@ -110,7 +110,7 @@ def _state_dict_in(payload, path: Path) -> dict[str, torch.Tensor]:
     return payload
 
 
-def _read(path: Path):
+def read_weights(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -128,21 +128,21 @@ def load_checkpoint_segmenter(path: Union[str, Path], expected_outputs: Optional
     whose classifier has another number of outputs is a GFSSError.
     """
     path = Path(path)
-    payload = _read(path)
+    payload = read_weights(path)
     if isinstance(payload, dict) and "arch" in payload and "state_dict" in payload:  # gfss-bench train file
         from gfss_bench.models.zoo import load_segmenter
 
         model, _ = load_segmenter(path, device)
         layout = "gfss-bench"
     else:
-        state, layout = convert_state_dict(_state_dict_in(payload, path))
+        state, layout = convert_state_dict(state_dict_in(payload, path))
         weight = state.get("classifier.weight")
         if weight is None or weight.dim() != 4 or weight.shape[1:] != (512, 1, 1):
             raise GFSSError(f"checkpoint {path} is not a PSPNet-ResNet50 ({layout} layout): no 'classifier.weight' "
                             "of shape [B+1, 512, 1, 1] (or 'cls.4.weight')")
         stem = infer_stem(state)
         model = PSPNetResNet50(int(weight.shape[0]), stem=stem)
-        problems = _mismatch(model.state_dict(), state)
+        problems = state_dict_mismatch(model.state_dict(), state)
         if problems:
             raise GFSSError(f"checkpoint {path} does not fit PSPNet-ResNet50 ({layout} layout, {stem} stem): "
                             + problems)
@@ -174,7 +174,7 @@ def pspnet_from_backbone_weights(path: Union[str, Path], num_outputs: int) -> tu
     Every backbone tensor must be filled with the right shape: anything else is a GFSSError naming the file.
     """
     path = Path(path)
-    state = _strip_module_prefix(_state_dict_in(_read(path), path))
+    state = strip_module_prefix(state_dict_in(read_weights(path), path))
     if "conv1.weight" not in state:
         raise GFSSError(f"backbone weights {path} hold no 'conv1.weight': not an ImageNet ResNet-50 state dict in "
                         f"{BACKBONE_LAYOUTS}")
@@ -190,7 +190,7 @@ def pspnet_from_backbone_weights(path: Union[str, Path], num_outputs: int) -> tu
         mapped[key] = value.float() if value.is_floating_point() else value
     model = PSPNetResNet50(num_outputs, stem=stem)
     own = {k: v for k, v in model.state_dict().items() if k.split(".", 1)[0] in BACKBONE_MODULES}
-    problems = _mismatch(own, mapped)
+    problems = state_dict_mismatch(own, mapped)
     if problems:
         raise GFSSError(f"backbone weights {path} ({layout} layout) do not fit ResNet-50: {problems}; expected "
                         f"{BACKBONE_LAYOUTS}")
@@ -223,16 +223,17 @@ def _is_checkpoint_file(path: Path) -> bool:
 
 
 def find_fold_checkpoint(checkpoint: Union[str, Path], fold: int, dataset: Optional[str] = None,
-                         split: Optional[int] = None) -> Path:
+                         split: Optional[int] = None, option: str = "--checkpoint") -> Path:
     """The checkpoint for `fold`: `checkpoint` itself when it is a file, else in the folder
     `<folder>/fold<F>.pth` or `<folder>/**/split<S>/**/*.pth` (DIaM's `model_ckpt/<dataset>/split<S>/...`), where
-    S is the official split number (`split`, default `fold`; DIaM's PASCAL-10i folds are splits 10 and 11)."""
+    S is the official split number (`split`, default `fold`; DIaM's PASCAL-10i folds are splits 10 and 11).
+    Errors start with `option`, the command-line option that gave the path."""
     split = fold if split is None else split
     root = Path(checkpoint)
     if root.is_file():
         return root
     if not root.is_dir():
-        raise GFSSError(f"--checkpoint {root} does not exist")
+        raise GFSSError(f"{option} {root} does not exist")
     candidates = {p for suffix in _SUFFIXES for p in root.glob(f"fold{fold}{suffix}") if p.is_file()}
     if not candidates:
         candidates = {p for p in root.glob("**/*") if _is_checkpoint_file(p)
@@ -241,12 +242,12 @@ def find_fold_checkpoint(checkpoint: Union[str, Path], fold: int, dataset: Optio
         same = {p for p in candidates if dataset in p.relative_to(root).parts[:-1]}
         candidates = same or candidates
     if not candidates:
-        raise GFSSError(f"--checkpoint folder {root} holds no checkpoint for fold {fold}: expected "
+        raise GFSSError(f"{option} folder {root} holds no checkpoint for fold {fold}: expected "
                         f"{root / f'fold{fold}.pth'} or a .pth file under a split{split}/ folder "
                         f"(e.g. {root / (dataset or '<dataset>') / f'split{split}' / 'pspnet_resnet50' / 'best.pth'})")
     if len(candidates) > 1:
         listed = ", ".join(str(p) for p in sorted(candidates)[:5])
-        raise GFSSError(f"--checkpoint folder {root} holds {len(candidates)} checkpoints for fold {fold} ({listed}); "
+        raise GFSSError(f"{option} folder {root} holds {len(candidates)} checkpoints for fold {fold} ({listed}); "
                         "keep one per fold or pass the file itself")
     return candidates.pop()
 
@@ -256,39 +257,22 @@ def checkpoint_segmenter_id(path: Union[str, Path]) -> str:
     return CHECKPOINT_PREFIX + file_sha256(Path(path))[:16]
 
 
-class CheckpointSegmenterLoader:
-    """`segmenter_loader` for runner.execute: specs whose segmenter is 'checkpoint:<sha>' load that file."""
-
-    def __init__(self) -> None:
-        self.paths: dict[str, Path] = {}
-
-    def register(self, path: Union[str, Path]) -> str:
-        segmenter_id = checkpoint_segmenter_id(path)
-        self.paths.setdefault(segmenter_id, Path(path))
-        return segmenter_id
-
-    def __call__(self, spec, device: torch.device):
-        from gfss_bench.benchmark.runner import builtin_segmenter_loader
-        from gfss_bench.protocols import get_benchmark
-
-        if not spec.segmenter.startswith(CHECKPOINT_PREFIX):
-            return builtin_segmenter_loader(spec, device)
-        if spec.segmenter not in self.paths:
-            raise GFSSError(f"segmenter {spec.segmenter!r} has no registered checkpoint file")
-        path = self.paths[spec.segmenter]
-        benchmark = get_benchmark(spec.benchmark)
-        expected = len(benchmark.base_classes(spec.fold)) + 1
-        model = load_checkpoint_segmenter(path, expected, device=str(device),
-                                          expected_for=f"{benchmark.name} fold {spec.fold} (background + "
-                                                       f"{expected - 1} base classes)")
-        trained_for = getattr(model, "training_metadata", None)
-        if trained_for and trained_for.get("novel_classes") != list(benchmark.novel_classes(spec.fold)):
-            raise GFSSError(f"checkpoint {path} was trained by `gfss-bench train` for {trained_for.get('benchmark')} "
-                            f"fold {trained_for.get('fold')} (novel classes {trained_for.get('novel_classes')}), "
-                            f"not for {benchmark.name} fold {spec.fold} (novel classes "
-                            f"{list(benchmark.novel_classes(spec.fold))}): its base classes include novel ones")
-        model.checkpoint_source = {"path": str(Path(path).resolve()), "sha256": file_sha256(path),
-                                   "layout": model.checkpoint_layout}
-        if trained_for:
-            model.checkpoint_source["trained_for"] = {k: trained_for.get(k) for k in ("benchmark", "fold", "protocol")}
-        return model
+def load_fold_checkpoint(path: Path, benchmark, fold: int, device: Union[str, torch.device] = "cpu"):
+    """The segmenter of a checkpoint file for one benchmark fold (the `pspnet` segmenter family; `run --checkpoint`):
+    its classifier must have the fold's B+1 outputs, and a `gfss-bench train` file must have been trained without
+    the fold's novel classes. The model's `checkpoint_source` (path, sha256, layout) goes into result provenance."""
+    expected = len(benchmark.base_classes(fold)) + 1
+    model = load_checkpoint_segmenter(path, expected, device=str(device),
+                                      expected_for=f"{benchmark.name} fold {fold} (background + "
+                                                   f"{expected - 1} base classes)")
+    trained_for = getattr(model, "training_metadata", None)
+    if trained_for and trained_for.get("novel_classes") != list(benchmark.novel_classes(fold)):
+        raise GFSSError(f"checkpoint {path} was trained by `gfss-bench train` for {trained_for.get('benchmark')} "
+                        f"fold {trained_for.get('fold')} (novel classes {trained_for.get('novel_classes')}), "
+                        f"not for {benchmark.name} fold {fold} (novel classes "
+                        f"{list(benchmark.novel_classes(fold))}): its base classes include novel ones")
+    model.checkpoint_source = {"path": str(Path(path).resolve()), "sha256": file_sha256(path),
+                               "layout": model.checkpoint_layout}
+    if trained_for:
+        model.checkpoint_source["trained_for"] = {k: trained_for.get(k) for k in ("benchmark", "fold", "protocol")}
+    return model

@@ -62,7 +62,6 @@ from gfss_bench.progress import console
 from gfss_bench.protocols import Benchmark, get_benchmark, get_protocol
 
 FORMAT = 1
-DEFAULT_EPOCHS = {"pascal": 50, "coco": 20, "synthetic": 20}
 MEAN_PIXEL = tuple(round(255 * m) for m in IMAGENET_MEAN)  # image padding: zero after normalisation
 
 
@@ -70,7 +69,7 @@ MEAN_PIXEL = tuple(round(255 * m) for m in IMAGENET_MEAN)  # image padding: zero
 class PSPNetTrainConfig:
     """The training recipe. Every field enters the run's identity, so a resumed run must use the same."""
 
-    epochs: Optional[int] = None  # None: DEFAULT_EPOCHS of the benchmark's dataset (unless steps is set)
+    epochs: Optional[int] = None  # None: the benchmark's train_epochs (unless steps is set)
     steps: Optional[int] = None  # total optimisation steps, instead of epochs
     batch_size: int = 12
     crop_size: Optional[int] = None  # None: the benchmark's image size (417 real, 97 synthetic)
@@ -100,7 +99,7 @@ class PSPNetTrainConfig:
             raise GFSSError(f"invalid training settings: lr {self.lr} and head_lr_factor {self.head_lr_factor} must "
                             f"be > 0, 0 < scale_min {self.scale_min} <= scale_max {self.scale_max}, rotate "
                             f"{self.rotate} >= 0")
-        epochs = None if self.steps is not None else self.epochs or DEFAULT_EPOCHS[benchmark.dataset]
+        epochs = None if self.steps is not None else self.epochs or benchmark.train_epochs
         return replace(self, epochs=epochs, crop_size=crop)
 
 
@@ -387,7 +386,7 @@ def train_pspnet(benchmark_name: str, fold: int, protocol_name: str, *, backbone
             for images, labels in loader:
                 for group in optimizer.param_groups:
                     group["lr"] = poly_lr(config.lr * group["lr_factor"], step, total, config.poly_power)
-                x = normalize(images).to(device, non_blocking=True)
+                x = normalize(images.to(device, non_blocking=True))  # uint8 through pinned memory, float on the device
                 y = labels.to(device, non_blocking=True).long()
                 with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                     logits = model(x)

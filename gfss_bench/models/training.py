@@ -3,7 +3,7 @@
 Training follows the protocol (facts §3): `standard` drops every training image containing a novel
 class; `practical` keeps them with the novel pixels labelled background. The loss is plain pixel
 cross-entropy over background + base classes (255 ignored) at the padded input resolution, on
-images prepared with `resize_and_pad_uint8` at `benchmark.image_size`, with random horizontal flips.
+images prepared with `resize_and_pad_for_training` at `benchmark.image_size`, with random horizontal flips.
 
 Command line (also what the shipped weights were produced with):
 
@@ -13,7 +13,6 @@ Command line (also what the shipped weights were produced with):
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -25,11 +24,12 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from gfss_bench.benchmark.datasets import SegmentationList, open_split
 from gfss_bench.benchmark.features import Extractor, chunked
 from gfss_bench.benchmark.metrics import score_probabilities, scores
-from gfss_bench.benchmark.transforms import IGNORE_LABEL, normalize, resize_and_pad_uint8
+from gfss_bench.benchmark.transforms import IGNORE_LABEL, normalize, resized_shape
 from gfss_bench.errors import GFSSError
 from gfss_bench.models.small_pspnet import SmallPSPNet, SmallPSPNetConfig
 from gfss_bench.progress import progress_bar
@@ -59,6 +59,20 @@ def default_arch_config(benchmark: Benchmark, fold: int) -> SmallPSPNetConfig:
 # ----------------------------------------------------------------------------------------- data
 
 
+def resize_and_pad_for_training(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The small recipe's training input: uint8 [size, size, 3] image (PIL bilinear, 0 padding) and uint8
+    [size, size] label (PIL nearest, 255 padding), at `resized_shape`.
+
+    Part of the recipe that produced the shipped weights (pinned by their config hash), so it keeps PIL; evaluation
+    resizes with `transforms.preprocess` (OpenCV, as the official code)."""
+    new_h, new_w = resized_shape(*label.shape, size)
+    out_image = np.zeros((size, size, 3), dtype=np.uint8)
+    out_image[:new_h, :new_w] = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    out_label = np.full((size, size), IGNORE_LABEL, dtype=np.uint8)
+    out_label[:new_h, :new_w] = np.asarray(Image.fromarray(label).resize((new_w, new_h), Image.NEAREST))
+    return out_image, out_label
+
+
 def load_resized(dataset: SegmentationList, size: int, indices: Optional[list[int]] = None,
                  progress: bool = False, description: str = "loading") -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [N, S, S, 3] resized+padded images, uint8 [N, S, S] resized+padded ORIGINAL labels)."""
@@ -72,7 +86,7 @@ def load_resized(dataset: SegmentationList, size: int, indices: Optional[list[in
         iterator = track(iterator, total=len(indices), description=description, transient=True)
     for row, index in iterator:
         image, label = dataset.load(index)
-        images[row], labels[row] = resize_and_pad_uint8(image, label, size)
+        images[row], labels[row] = resize_and_pad_for_training(image, label, size)
     return images, labels
 
 
@@ -215,7 +229,7 @@ def evaluate_base_miou(model: torch.nn.Module, benchmark: Benchmark | str, fold:
                        novel_pixels: str = "background", workers: int = 0, progress: bool = False) -> float:
     """Base mIoU (DIaM convention: mean IoU over the B base classes, background excluded) on val.
 
-    Every val image is scored at `benchmark.image_size` (resize_and_pad_uint8): logits are upsampled
+    Every val image is scored at `benchmark.image_size` (`transforms.preprocess`): logits are upsampled
     bilinearly (align_corners=True) from feature resolution and their argmax over background + base
     is compared with the nearest-resized label. The confusion matrix is over background + base
     classes; NOVEL val pixels count as background (the base segmenter cannot know them), void and
@@ -251,74 +265,7 @@ def evaluate_base_miou(model: torch.nn.Module, benchmark: Benchmark | str, fold:
     return scores(confusion, num_outputs - 1).base
 
 
-# ----------------------------------------------------------------------------------------- caching
+if __name__ == "__main__":  # the command line is zoo.main (it stores what it trains, and zoo imports this module)
+    from gfss_bench.models.zoo import main
 
-
-def train_and_cache(benchmark_name: str, fold: int, protocol_name: str, *, seed: int = 0,
-                    out: Optional[Path] = None, device: str = "cpu", progress: bool = True) -> dict:
-    """Train a base segmenter, store it in the segmenter cache (where `builtin_segmenter` finds it when
-    its config is the built-in one, i.e. seed 0) and optionally copy it to the file `out` (plus `out`
-    with suffix .json: the manifest).
-
-    Returns the manifest: config_hash, command, train_seconds, val_base_miou (also as base_miou),
-    size_bytes, ..., and path (the cached file, or `out` when given).
-    """
-    import json
-    import shutil
-
-    from gfss_bench.models import zoo
-
-    cached = zoo.train_and_save(benchmark_name, fold, protocol_name, seed=seed, device=device, progress=progress,
-                                command=f"gfss-bench train --benchmark {benchmark_name} --fold {fold} "
-                                        f"--protocol {protocol_name} --seed {seed}")
-    manifest = json.loads(cached.with_suffix(".json").read_text())
-    path = cached
-    if out is not None:
-        out = Path(out).expanduser()
-        if out.suffix != ".pt":
-            out = out.with_name(out.name + ".pt")
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(cached, out)
-            shutil.copyfile(cached.with_suffix(".json"), out.with_suffix(".json"))
-        except OSError as error:
-            raise GFSSError(f"cannot write --out {out} ({error.strerror or error}); pick a writable path") from None
-        path = out
-    return {**manifest, "base_miou": manifest["val_base_miou"], "path": path}
-
-
-# ----------------------------------------------------------------------------------------- CLI
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gfss_bench.models.training", description=__doc__.split("\n")[0])
-    parser.add_argument("--benchmark", required=True)
-    parser.add_argument("--fold", type=int, required=True)
-    parser.add_argument("--protocol", required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for <name>.pt and <name>.json (default: the segmenter cache)")
-    parser.add_argument("--log-every", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from gfss_bench.models import zoo
-
-    try:
-        path = zoo.train_and_save(args.benchmark, args.fold, args.protocol, seed=args.seed, steps=args.steps,
-                                  out_dir=args.out, device=args.device,
-                                  progress=not args.no_progress, log_every=args.log_every,
-                                  command=" ".join(["python -m gfss_bench.models.training"] + (argv or sys.argv[1:])))
-    except GFSSError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -13,9 +13,11 @@ otherwise it says why, trains the segmenter (a few minutes on CPU) and caches it
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -58,9 +60,11 @@ def config_record(benchmark_name: str, fold: int, protocol_name: str,
         "protocol": protocol_name,
         "stored_dtype": "float16",
     }
-    if benchmark.dataset == "synthetic":
+    if benchmark.generated:
         record["synthetic"] = {"version": synthetic.VERSION, "seed": synthetic.SEED,
                                "split_sizes": synthetic.SPLIT_SIZES}
+    if benchmark.digest is not None:  # a YAML or plugin benchmark: its classes, folds and settings
+        record["benchmark_digest"] = benchmark.digest
     return json.loads(json.dumps(record))  # tuples -> lists
 
 
@@ -109,23 +113,21 @@ def read_manifest(benchmark_name: str, fold: int, protocol_name: str) -> Optiona
 
 
 def train_and_save(benchmark_name: str, fold: int, protocol_name: str, *, seed: int = 0,
-                   steps: Optional[int] = None, out_dir: Optional[Path] = None,
+                   steps: Optional[int] = None, out: Optional[Path] = None,
                    device: str = "cpu", progress: bool = True, log_every: int = 0,
-                   command: Optional[str] = None) -> Path:
-    """Train, then write `<out_dir>/<benchmark>-fold<F>-<protocol>.pt` + `.json` (default out_dir: the
-    cache, as `segmenters/<hash>.pt`). The manifest's mIoU is measured on the weights as stored."""
+                   command: Optional[str] = None, data_root: Optional[Path] = None) -> Path:
+    """Train on the benchmark's data (`data_root`: see `open_split`), then write the file `out` (a .pt path;
+    default: the cache, as `segmenters/<hash>.pt`) and its `.json` manifest. The manifest's mIoU is measured on
+    the val split with the weights as stored."""
     train_config = TrainConfig(seed=seed) if steps is None else TrainConfig(seed=seed, steps=steps)
     digest = config_hash(benchmark_name, fold, protocol_name, train_config)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     model, info = train_base_segmenter(benchmark_name, fold, protocol_name, config=train_config, device=device,
-                                       progress=progress, evaluate=False, log_every=log_every)
-    if out_dir is None:
-        path = cache_dir() / "segmenters" / f"{digest}.pt"
-    else:
-        path = Path(out_dir) / f"{weights_name(benchmark_name, fold, protocol_name)}.pt"
+                                       progress=progress, evaluate=False, log_every=log_every, data_root=data_root)
+    path = cache_dir() / "segmenters" / f"{digest}.pt" if out is None else Path(out)
     save_segmenter(model, path, digest, fp16=True)
     stored, _ = load_segmenter(path, device)
-    miou = evaluate_base_miou(stored, benchmark_name, fold, protocol_name, device=device)
+    miou = evaluate_base_miou(stored, benchmark_name, fold, protocol_name, device=device, data_root=data_root)
     manifest = {
         "file": path.name, "config_hash": digest, "config": config_record(benchmark_name, fold, protocol_name,
                                                                           train_config),
@@ -135,25 +137,25 @@ def train_and_save(benchmark_name: str, fold: int, protocol_name: str, *, seed: 
         "torch_version": torch.__version__, "training_images": info["training_images"],
         "final_loss": round(info["final_loss"], 4), "dtype": "float16",
         "val_base_miou": round(miou, 4),
-        "val_base_miou_definition": "mean IoU over base classes (background excluded) on the synthetic val "
-                                    "split at image_size, novel pixels counted as background",
+        "val_base_miou_definition": "mean IoU over base classes (background excluded) on the val split at "
+                                    "image_size, novel pixels counted as background",
         "size_bytes": path.stat().st_size,
     }
     atomic_write_text(path.with_suffix(".json"), json.dumps(manifest, indent=2) + "\n")
     return path
 
 
-def copy_shipped(benchmark_name: str, fold: int, protocol_name: str, out_dir: Path) -> Optional[Path]:
-    """Copy the shipped weights and manifest to `out_dir/<benchmark>-fold<F>-<protocol>.pt/.json` when they
-    were trained with the current default config (seed 0, default steps), so that `gfss-bench train` need
-    not spend minutes redoing them; None (nothing copied) otherwise."""
+def copy_shipped(benchmark_name: str, fold: int, protocol_name: str, out: Path) -> Optional[Path]:
+    """Copy the shipped weights and manifest to the file `out` (.pt) and its .json when they were trained with
+    the current default config (seed 0, default steps), so that `gfss-bench train` need not spend minutes
+    redoing them; None (nothing copied) otherwise."""
     name = weights_name(benchmark_name, fold, protocol_name)
     shipped = WEIGHTS_DIR / f"{name}.pt"
     manifest = read_manifest(benchmark_name, fold, protocol_name)
     if manifest is None or not shipped.exists() or \
             manifest.get("config_hash") != config_hash(benchmark_name, fold, protocol_name):
         return None
-    path = Path(out_dir) / f"{name}.pt"
+    path = Path(out)
     try:
         atomic_write_bytes(path, shipped.read_bytes())
         atomic_write_bytes(path.with_suffix(".json"), shipped.with_suffix(".json").read_bytes())
@@ -169,11 +171,11 @@ def builtin_segmenter(benchmark_name: str, fold: int, protocol_name: str, device
                       progress: bool = True) -> SmallPSPNet:
     """The built-in base segmenter (eval mode, on `device`) for a synthetic benchmark fold/protocol."""
     benchmark = get_benchmark(benchmark_name)
-    if benchmark.dataset != "synthetic":
+    if not benchmark.generated:
         raise GFSSError(
-            f"there is no built-in segmenter for {benchmark_name!r}: real benchmarks need a base segmenter "
-            "trained on their base classes (e.g. DIaM's PSPNet-ResNet50): pass it with --checkpoint FILE_OR_FOLDER "
-            "(see `gfss-bench run --help`), or use synthetic5i or synthetic10i")
+            f"there is no built-in segmenter for {benchmark_name!r}: it needs a base segmenter trained on its base "
+            "classes (e.g. DIaM's PSPNet-ResNet50, or `gfss-bench train --arch small`): pass it with --checkpoint "
+            "FILE_OR_FOLDER (see `gfss-bench run --help`), or use synthetic5i or synthetic10i")
     digest = config_hash(benchmark_name, fold, protocol_name)
     name = weights_name(benchmark_name, fold, protocol_name)
     shipped = WEIGHTS_DIR / f"{name}.pt"
@@ -198,3 +200,67 @@ def builtin_segmenter(benchmark_name: str, fold: int, protocol_name: str, device
     path = train_and_save(benchmark_name, fold, protocol_name, device=device, progress=progress)
     model, _ = load_segmenter(path, device)
     return model
+
+
+def train_and_cache(benchmark_name: str, fold: int, protocol_name: str, *, seed: int = 0,
+                    out: Optional[Path] = None, device: str = "cpu", progress: bool = True) -> dict:
+    """Train a base segmenter, store it in the segmenter cache (where `builtin_segmenter` finds it when
+    its config is the built-in one, i.e. seed 0) and optionally copy it to the file `out` (plus `out`
+    with suffix .json: the manifest).
+
+    Returns the manifest: config_hash, command, train_seconds, val_base_miou (also as base_miou),
+    size_bytes, ..., and path (the cached file, or `out` when given).
+    """
+    cached = train_and_save(benchmark_name, fold, protocol_name, seed=seed, device=device, progress=progress,
+                            command=f"gfss-bench train --benchmark {benchmark_name} --fold {fold} "
+                                    f"--protocol {protocol_name} --seed {seed}")
+    manifest = json.loads(cached.with_suffix(".json").read_text())
+    path = cached
+    if out is not None:
+        out = Path(out).expanduser()
+        if out.suffix != ".pt":
+            out = out.with_name(out.name + ".pt")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(cached, out)
+            shutil.copyfile(cached.with_suffix(".json"), out.with_suffix(".json"))
+        except OSError as error:
+            raise GFSSError(f"cannot write --out {out} ({error.strerror or error}); pick a writable path") from None
+        path = out
+    return {**manifest, "base_miou": manifest["val_base_miou"], "path": path}
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`python -m gfss_bench.models.training` (see gfss_bench/models/training.py, which runs this)."""
+    parser = argparse.ArgumentParser(prog="python -m gfss_bench.models.training",
+                                     description="Base training of segmenters on the base classes of a fold, "
+                                                 "and their base-class evaluation.")
+    parser.add_argument("--benchmark", required=True)
+    parser.add_argument("--fold", type=int, required=True)
+    parser.add_argument("--protocol", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for <name>.pt and <name>.json (default: the segmenter cache)")
+    parser.add_argument("--log-every", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        name = weights_name(args.benchmark, args.fold, args.protocol)
+        out = None if args.out is None else args.out / f"{name}.pt"
+        path = train_and_save(args.benchmark, args.fold, args.protocol, seed=args.seed, steps=args.steps,
+                              out=out, device=args.device,
+                              progress=not args.no_progress, log_every=args.log_every,
+                              command=" ".join(["python -m gfss_bench.models.training"] + (argv or sys.argv[1:])))
+    except GFSSError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -76,11 +79,15 @@ class EvaluationSettings:
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A GFSS benchmark: a dataset, its class names, the novel classes of each fold and eval settings."""
+    """A GFSS benchmark: a dataset, its class names, the novel classes of each fold and eval settings.
+
+    What the code does with a benchmark depends only on these fields, never on its name, so a benchmark
+    registered by a plugin or read from a YAML file (`resolve_benchmark`) works wherever a built-in one does.
+    """
 
     name: str
     description: str
-    dataset: str  # "pascal", "coco" or "synthetic": which data layout and root it reads
+    dataset: str  # short dataset name: the <dataset> folder of DIaM's model_ckpt/<dataset>/split<N>/ layout
     class_names: tuple[str, ...]
     fold_novel_classes: tuple[tuple[int, ...], ...]  # original class ids (1-based), per fold
     image_size: int = OFFICIAL_IMAGE_SIZE
@@ -89,6 +96,13 @@ class Benchmark:
     shuffle_queries: bool = False
     batch_size: int = 16  # default number of queries adapted together (memory vs. speed)
     official_split_offset: int = 0  # DIaM numbers PASCAL-10i's folds 0/1 as splits 10/11 (checkpoint folders)
+    support_source: str = "val"
+    single_novel_supports: bool = True
+    generated: bool = False  # the data is the built-in synthetic generator's (no --data-root; built-in segmenters)
+    data_root: Optional[Path] = None  # where the data is when --data-root is not given (a YAML file's data_root)
+    prepare: Optional[str] = None  # the `gfss-bench data prepare <this>` command that writes the list files
+    train_epochs: int = 20  # default epochs of `gfss-bench train --arch pspnet-resnet50`
+    source: Optional[Path] = None  # the YAML file this benchmark was read from
 
     @property
     def num_classes(self) -> int:
@@ -101,9 +115,22 @@ class Benchmark:
     def evaluation_settings(self, **overrides) -> EvaluationSettings:
         """The official settings of this benchmark, with `overrides` (field name -> value) applied."""
         settings = {"image_size": self.image_size, "min_support_pixels": self.min_support_pixels,
-                    "max_queries": self.max_queries}
+                    "max_queries": self.max_queries, "support_source": self.support_source,
+                    "single_novel_supports": self.single_novel_supports}
         settings.update(overrides)
         return EvaluationSettings(**settings)
+
+    @property
+    def digest(self) -> Optional[str]:
+        """None for the package's own benchmarks; otherwise a hash of everything in the definition that can
+        change a number (classes, folds, evaluation settings). Run specs carry it, so editing a YAML or plugin
+        benchmark changes the run ids of its results."""
+        if self.name in BUILTIN_BENCHMARKS:
+            return None
+        definition = {"classes": list(self.class_names), "folds": [list(f) for f in self.fold_novel_classes],
+                      "evaluation": asdict(self.evaluation_settings()),
+                      "shuffle_queries": self.shuffle_queries}
+        return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
 
     def check_fold(self, fold: int) -> int:
         if not 0 <= fold < self.num_folds:
@@ -140,10 +167,62 @@ class Benchmark:
 
 
 BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
+MAX_CLASSES = 254  # label PNGs are uint8 and 255 is void
 
 
-def _register(benchmark: Benchmark) -> None:
+def check_definition(class_names: Sequence[str], folds: Sequence[Sequence[int]], where: str,
+                     classes_key: str = "classes", folds_key: str = "folds") -> None:
+    """Raise a GFSSError starting with `where` (a file or benchmark) and naming the key, unless the class names
+    are distinct and non-empty and each fold is a non-empty set of ids 1..C leaving a base class; a class may be
+    novel in one fold only (the folds partition the novel classes, as in every GFSS benchmark)."""
+    if not class_names:
+        raise GFSSError(f"{where}: {classes_key!r} is empty; list the class names of ids 1, 2, ...")
+    if len(class_names) > MAX_CLASSES:
+        raise GFSSError(f"{where}: {classes_key!r} holds {len(class_names)} classes; at most {MAX_CLASSES} fit "
+                        "uint8 labels with 255 as void")
+    seen: dict[str, int] = {}
+    for class_id, class_name in enumerate(class_names, start=1):
+        if not isinstance(class_name, str) or not class_name.strip():
+            raise GFSSError(f"{where}: {classes_key}[{class_id - 1}] (class id {class_id}) must be a non-empty "
+                            f"name, got {class_name!r}")
+        if class_name in seen:
+            raise GFSSError(f"{where}: {classes_key!r} names {class_name!r} twice (ids {seen[class_name]} and "
+                            f"{class_id}); class names must be distinct")
+        seen[class_name] = class_id
+    if not folds:
+        raise GFSSError(f"{where}: {folds_key!r} is empty; give each fold's list of novel class ids")
+    num_classes = len(class_names)
+    novel_in: dict[int, int] = {}
+    for fold, novel in enumerate(folds):
+        key = f"{folds_key}[{fold}]"
+        if not novel:
+            raise GFSSError(f"{where}: {key} is empty; every fold needs at least one novel class id")
+        for class_id in novel:
+            if isinstance(class_id, bool) or not isinstance(class_id, int):
+                raise GFSSError(f"{where}: {key} must hold integer class ids, got {class_id!r}")
+            if not 1 <= class_id <= num_classes:
+                raise GFSSError(f"{where}: {key} holds class id {class_id}, outside 1..{num_classes} (the ids of "
+                                f"{classes_key!r}; 0 is background)")
+            if class_id in novel_in:
+                other = novel_in[class_id]
+                raise GFSSError(f"{where}: {key} lists class id {class_id} twice" if other == fold else
+                                f"{where}: class id {class_id} ({class_names[class_id - 1]}) is novel in "
+                                f"{folds_key}[{other}] and {key}; a class may be novel in one fold only")
+            novel_in[class_id] = fold
+        if len(novel) == num_classes:
+            raise GFSSError(f"{where}: {key} makes every class novel; leave at least one base class")
+
+
+def register_benchmark(benchmark: Benchmark) -> Benchmark:
+    """Make `benchmark` available under its name (`-b NAME`, `get_benchmark`) after checking its definition;
+    a name that is already registered is an error. Returns `benchmark`."""
+    if not isinstance(benchmark, Benchmark):
+        raise TypeError(f"register_benchmark expects a Benchmark, got {type(benchmark).__name__}")
+    check_definition(benchmark.class_names, benchmark.fold_novel_classes, f"benchmark {benchmark.name!r}",
+                     "class_names", "fold_novel_classes")
+    benchmark.evaluation_settings()  # validates the settings
     BENCHMARKS.add(benchmark.name, benchmark)
+    return benchmark
 
 
 def _contiguous_folds(num_classes: int, num_folds: int) -> tuple[tuple[int, ...], ...]:
@@ -155,26 +234,28 @@ def _interleaved_folds(num_classes: int, num_folds: int) -> tuple[tuple[int, ...
     return tuple(tuple(range(f + 1, num_classes + 1, num_folds)) for f in range(num_folds))
 
 
-_register(Benchmark(
+register_benchmark(Benchmark(
     "pascal5i", "PASCAL VOC 2012 + SBD, 4 folds of 5 novel classes (15 base)", "pascal",
-    PASCAL_CLASSES, _contiguous_folds(20, 4)))
-_register(Benchmark(
+    PASCAL_CLASSES, _contiguous_folds(20, 4), prepare="pascal", train_epochs=50))
+register_benchmark(Benchmark(
     "pascal10i", "PASCAL VOC 2012 + SBD, equal split: 2 folds of 10 novel classes (10 base); DIaM's splits 10/11",
-    "pascal", PASCAL_CLASSES, _contiguous_folds(20, 2), official_split_offset=10))
-_register(Benchmark(
+    "pascal", PASCAL_CLASSES, _contiguous_folds(20, 2), official_split_offset=10, prepare="pascal", train_epochs=50))
+register_benchmark(Benchmark(
     "coco20i", "COCO 2014, 4 interleaved folds of 20 novel classes (every 4th id; PFENet/DIaM split)", "coco",
-    COCO_CLASSES, _interleaved_folds(80, 4), max_queries=10000, shuffle_queries=True))
-_register(Benchmark(
+    COCO_CLASSES, _interleaved_folds(80, 4), max_queries=10000, shuffle_queries=True, prepare="coco"))
+register_benchmark(Benchmark(
     "coco20i-contiguous", "COCO 2014, 4 contiguous folds of 20 novel classes (ids 20i+1..20i+20)", "coco",
-    COCO_CLASSES, _contiguous_folds(80, 4), max_queries=10000, shuffle_queries=True))
-_register(Benchmark(
+    COCO_CLASSES, _contiguous_folds(80, 4), max_queries=10000, shuffle_queries=True, prepare="coco"))
+register_benchmark(Benchmark(
     "synthetic5i", "built-in synthetic scenes (no download), 4 folds of 5 novel classes out of 20", "synthetic",
     SYNTHETIC_CLASSES, _contiguous_folds(20, 4), image_size=SYNTHETIC_IMAGE_SIZE,
-    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE), batch_size=256))
-_register(Benchmark(
+    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE), batch_size=256, generated=True))
+register_benchmark(Benchmark(
     "synthetic10i", "built-in synthetic scenes (no download), equal split: 2 folds of 10 novel classes",
     "synthetic", SYNTHETIC_CLASSES, _contiguous_folds(20, 2), image_size=SYNTHETIC_IMAGE_SIZE,
-    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE), batch_size=256))
+    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE), batch_size=256, generated=True))
+
+BUILTIN_BENCHMARKS = frozenset(BENCHMARKS.names())
 
 
 def get_benchmark(name: str) -> Benchmark:

@@ -2,9 +2,11 @@
 
 Every method is evaluated on the same support sets (run r of a fold is a pure function of the seed,
 benchmark, fold, shot and r), so the runs of two methods pair up: same benchmark, protocol, metric
-convention, shot, segmenter, fold, run index and run seed (and, where stored, the same support
-images). For each pair the difference A - B of base, novel, mean and HM mIoU (percentage points) is
-taken; over the n pairs of a group the mean difference gets a two-sided 95% Student-t interval
+convention, shot, segmenter weights (each fold's exact `spec.segmenter`), protocol version, episode sampler, fold,
+run index and run seed (and, where stored, the same support images); pairs are summarised per segmenter label
+(the user's choice over all folds, `describe.segmenter_label`), protocol version and sampler.
+For each pair the difference A - B of base, novel, mean and HM mIoU (percentage points) is taken; over
+the n pairs of a group the mean difference gets a two-sided 95% Student-t interval
 mean ± t(0.975, n-1) * sd / sqrt(n). The pairs span folds, so the interval treats the folds' runs as
 exchangeable replicates; it is a guide to run-to-run noise, not a test of a fold effect. An interval
 that contains 0 is reported as not significant.
@@ -22,9 +24,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from gfss_bench.errors import GFSSError
-from gfss_bench.results.report import GROUP_COLUMNS, result_label
+from gfss_bench.results.describe import described, result_label, segmenter_label, versions
+from gfss_bench.results.report import GROUP_COLUMNS, group_title
 
-PAIR_KEYS = GROUP_COLUMNS + ["segmenter", "fold", "run", "seed"]
+SUMMARY_KEYS = GROUP_COLUMNS + ["segmenter", "protocol_version", "episodes"]  # segmenter: the label
+PAIR_KEYS = SUMMARY_KEYS + ["fold", "run", "seed"]
+RUN_KEYS = GROUP_COLUMNS + ["segmenter_id", "protocol_version", "episodes", "fold", "run", "seed"]  # what pairs
 COMPARED = {"base": "base", "novel": "novel", "mean": "mean", "hm": "HM"}
 
 
@@ -80,21 +85,21 @@ def _side(results: list[dict], name: str) -> list[dict]:
 def _runs(results: list[dict], name: str) -> dict[tuple, dict]:
     out: dict[tuple, dict] = {}
     for result in _side(results, name):
-        spec = result["spec"]
+        spec, version = result["spec"], versions(result)
         for run in result.get("runs", []):
             key = (spec["benchmark"], spec["protocol"], spec["convention"], spec["shot"], spec["segmenter"],
-                   spec["fold"], run["run"], run.get("seed"))
+                   version["protocol_version"], version["episodes"], spec["fold"], run["run"], run.get("seed"))
             if key in out:
                 raise GFSSError(f"--compare {name!r} matches several settings ({result_label(result)!r} and "
                                 f"{out[key]['label']!r}); give the full label shown by `gfss-bench report`")
-            out[key] = {"label": result_label(result), "scores": run.get("scores", {}),
-                        "supports": run.get("support_images")}
+            out[key] = {"label": result_label(result), "segmenter": segmenter_label(result),
+                        "scores": run.get("scores", {}), "supports": run.get("support_images")}
     return out
 
 
 def paired_differences(results: Iterable[dict], a: str, b: str) -> tuple[pd.DataFrame, int]:
     """One row per paired run (A - B, percentage points) and the number of runs whose supports differ."""
-    results = list(results)
+    results = described(results)
     runs_a, runs_b = _runs(results, a), _runs(results, b)
     for name, runs in ((a, runs_a), (b, runs_b)):
         if not runs:
@@ -105,24 +110,25 @@ def paired_differences(results: Iterable[dict], a: str, b: str) -> tuple[pd.Data
         if left["supports"] is not None and right["supports"] is not None and left["supports"] != right["supports"]:
             mismatched += 1
             continue
-        row = dict(zip(PAIR_KEYS, key), a=left["label"], b=right["label"])
+        labels = dict.fromkeys((left["segmenter"], right["segmenter"]))  # one unless A and B named the weights apart
+        row = dict(zip(RUN_KEYS, key), segmenter=" / ".join(labels), a=left["label"], b=right["label"])
         for metric in COMPARED:
             va, vb = left["scores"].get(metric), right["scores"].get(metric)
             row[metric] = float("nan") if va is None or vb is None else 100 * (float(va) - float(vb))
         rows.append(row)
-    return pd.DataFrame(rows, columns=PAIR_KEYS + ["a", "b"] + list(COMPARED)), mismatched
+    return pd.DataFrame(rows, columns=PAIR_KEYS + ["segmenter_id", "a", "b"] + list(COMPARED)), mismatched
 
 
 def summarize(pairs: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Per group and metric: n pairs, mean difference, sd, interval, significance."""
     rows = []
-    for key, group in pairs.groupby(GROUP_COLUMNS + ["segmenter"], sort=True):
+    for key, group in pairs.groupby(SUMMARY_KEYS, sort=True):
         for metric in COMPARED:
             interval = confidence_interval(group[metric], level)
-            rows.append(dict(zip(GROUP_COLUMNS + ["segmenter"], key), metric=metric,
+            rows.append(dict(zip(SUMMARY_KEYS, key), metric=metric,
                              folds=",".join(str(f) for f in sorted(group["fold"].unique())), **interval))
-    return pd.DataFrame(rows, columns=GROUP_COLUMNS + ["segmenter", "metric", "folds", "n", "mean", "sd", "low",
-                                                       "high", "significant"])
+    return pd.DataFrame(rows, columns=SUMMARY_KEYS + ["metric", "folds", "n", "mean", "sd", "low", "high",
+                                                      "significant"])
 
 
 def verdict(row, a: str, b: str) -> str:
@@ -138,13 +144,14 @@ def print_comparison(pairs: pd.DataFrame, summary: pd.DataFrame, a: str, b: str,
     console = console or Console()
     if pairs.empty:
         console.print(f"no paired runs of {escape(a)} and {escape(b)}: they share no benchmark, protocol, "
-                      "convention, shot, fold, run and seed")
+                      "convention, shot, protocol version, episodes, fold, run and seed")
         return
     if mismatched:
         console.print(f"[yellow]{mismatched} runs left out: same key but different support images[/]")
-    for key, group in pairs.groupby(GROUP_COLUMNS + ["segmenter"], sort=True):
-        benchmark, protocol, convention, shot, segmenter = key
-        where = f"{benchmark} · {protocol} · {shot}-shot · {convention} convention"
+    for key, group in pairs.groupby(SUMMARY_KEYS, sort=True):
+        benchmark, protocol, convention, shot, segmenter, protocol_version, episodes = key
+        where = (f"{group_title(benchmark, protocol, convention, shot)}, protocol v{protocol_version}, "
+                 f"{episodes} episodes" + ("" if segmenter == "builtin" else f", segmenter {escape(segmenter)}"))
         if per_run:
             table = Table(title=f"{escape(a)} − {escape(b)} per paired run, {where} (mIoU points)")
             for name in ("fold", "run", "seed") + tuple(COMPARED.values()):
@@ -156,8 +163,7 @@ def print_comparison(pairs: pd.DataFrame, summary: pd.DataFrame, a: str, b: str,
         table = Table(title=f"{escape(a)} − {escape(b)}, {where}: mean paired difference, 95% t-interval")
         for name in ("metric", "pairs", "mean Δ", "95% CI", "verdict"):
             table.add_column(name, justify="left" if name in ("metric", "verdict") else "right")
-        mine = summary[(summary[GROUP_COLUMNS + ["segmenter"]] == pd.Series(dict(
-            zip(GROUP_COLUMNS + ["segmenter"], key)))).all(axis=1)]
+        mine = summary[(summary[SUMMARY_KEYS] == pd.Series(dict(zip(SUMMARY_KEYS, key)))).all(axis=1)]
         for _, row in mine.iterrows():
             interval = "-" if math.isnan(row["low"]) else f"[{row['low']:+.2f}, {row['high']:+.2f}]"
             table.add_row(COMPARED[row["metric"]], str(row["n"]), f"{row['mean']:+.2f}", interval,

@@ -1,8 +1,8 @@
 """Exports of stored results for papers: tidy/aggregated CSV, LaTeX (booktabs), Markdown and JSON.
 
-All exports take the same (already filtered) list of results and never mix metric conventions: one
-table per (benchmark, protocol, convention, shot). The best value per column (bold) is taken among
-complete, non-oracle rows; incomplete rows are marked with a dagger and a note.
+The tidy CSV lists every run; the other exports render a `board.Leaderboard`, which decides the groups
+(one table per benchmark, protocol, convention and shot), the rows, the best cells (bold), the incomplete
+marks (a dagger in LaTeX, "(incomplete)" in Markdown) and the notes under each table.
 """
 
 from __future__ import annotations
@@ -11,25 +11,15 @@ import json
 import math
 import re
 from datetime import datetime, timezone
-from typing import Iterable, Optional
+from typing import Iterable
 
 import pandas as pd
 
-from gfss_bench.results.report import (GROUP_COLUMNS, METRIC_TITLES, best_values, group_metrics, leaderboard,
-                                       row_label, run_rows, sort_board, to_csv)
-
-CONVENTION_TITLES = {"diam": "DIaM convention", "pop": "POP convention"}
-
-
-def _nan(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def group_title(benchmark: str, protocol: str, convention: str, shot) -> str:
-    return f"{benchmark}, {protocol} protocol, {shot}-shot, {CONVENTION_TITLES.get(convention, convention)}"
-
+from gfss_bench.results.board import DETAIL_COLUMNS, Cell, Group, Leaderboard, Row
+from gfss_bench.results.report import GROUP_COLUMNS, METRIC_TITLES, run_rows
 
 # ----------------------------------------------------------------------------------------------- CSV
+
 
 def tidy_csv(results: Iterable[dict]) -> str:
     """One row per method x fold x run (scores in percent), with the full option set as JSON."""
@@ -38,31 +28,57 @@ def tidy_csv(results: Iterable[dict]) -> str:
     return frame.to_csv(index=False, float_format="%.4f")
 
 
-def aggregated_csv(results: Iterable[dict], sort: str = "hm") -> str:
-    """One row per leaderboard row: fold means, std over runs, completeness and provenance."""
-    return to_csv(sort_board(leaderboard(results), sort))
+RECORD_METRICS = ["base_miou", "novel_miou", "mean_miou", "hm_miou", "total_miou"]
+INTEGER_COLUMNS = ["num_folds", "runs", "seed", "protocol_version", "method_version"]
+RECORD_COLUMNS = (GROUP_COLUMNS + ["row", "label", "method", "folds", "num_folds", "complete", "oracle",
+                                   "older_version"]
+                  + [c for m in RECORD_METRICS for c in (m, f"{m[:-5]}_std")] + ["best"] + DETAIL_COLUMNS)
+
+
+def row_record(group: Group, row: Row) -> dict:
+    """A model row as one flat record with the `RECORD_COLUMNS` (the aggregated CSV's line, a JSON row): the
+    group's key, the row's kind, label and flags, value and std of every metric (NaN when not in this table),
+    `best` (the bold metric columns, separated by ';'), then the setting, versions and provenance (None for
+    published and Δ rows)."""
+    record = dict(zip(GROUP_COLUMNS, group.key), row=row.kind, label=row.label, method=row.method,
+                  folds=",".join(map(str, row.folds)), num_folds=row.num_folds, complete=row.complete,
+                  oracle=row.oracle, older_version=row.older_version)
+    for metric in RECORD_METRICS:
+        cell = row.cells.get(metric, Cell(float("nan")))
+        record[metric], record[f"{metric[:-5]}_std"] = cell.value, cell.std
+    record["best"] = ";".join(row.best_metrics)
+    record.update(row.details or {})
+    return {column: record.get(column) for column in RECORD_COLUMNS}
+
+
+def aggregated_csv(board: Leaderboard) -> str:
+    """One line per model row, in the model's order (`row_record`)."""
+    frame = pd.DataFrame([row_record(group, row) for group in board.groups for row in group.rows],
+                         columns=RECORD_COLUMNS)
+    for column in INTEGER_COLUMNS:
+        frame[column] = frame[column].astype("Int64")  # published and Δ rows leave them empty
+    return frame.to_csv(index=False, float_format="%.2f")
 
 
 # --------------------------------------------------------------------------------------------- LaTeX
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
+                  "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
+                  "Δ": r"$\Delta$", "−": r"$-$", "±": r"$\pm$"}
 
 
 def latex_escape(text) -> str:
-    """Escape every character that is special in LaTeX text mode."""
+    """Escape every character that is special in LaTeX text mode (and the few non-ASCII ones the model writes)."""
     return "".join(_LATEX_SPECIAL.get(char, char) for char in str(text))
 
 
-def _latex_value(value: float, std: Optional[float], bold: bool) -> str:
-    if _nan(value):
+def _latex_cell(cell: Cell, std: bool) -> str:
+    if cell.missing:
         return "--"
-    text = f"{value:.2f}"
-    if bold:
-        text = rf"\textbf{{{text}}}"
-    if std is not None and not _nan(std):
-        text += rf"{{\scriptsize\,$\pm$\,{std:.2f}}}"
+    text = rf"\textbf{{{cell.number()}}}" if cell.is_best else cell.number()
+    if std and cell.has_std:
+        text += rf"{{\scriptsize\,$\pm$\,{cell.std:.2f}}}"
     return text
 
 
@@ -70,45 +86,37 @@ def _label_key(*parts) -> str:
     return re.sub(r"[^a-z0-9]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")
 
 
-def latex(results: Iterable[dict], std: bool = False, sort: str = "hm",
-          published: Optional[pd.DataFrame] = None) -> str:
-    """booktabs tables ready to `\\input` (needs \\usepackage{booktabs}); one table per group."""
-    board = leaderboard(results)
+def _latex_label(row: Row) -> str:
+    label = latex_escape(row.label)
+    if row.kind != "result":
+        return rf"\textit{{{label}}}"
+    return label + (r"$^\dagger$" if row.incomplete else "")
+
+
+def latex(board: Leaderboard, std: bool = False) -> str:
+    """booktabs tables ready to `\\input` (needs \\usepackage{booktabs}); one table per group, published and
+    Δ rows below a rule, the notes under the table."""
     out = ["% generated by gfss-bench export --format latex; needs \\usepackage{booktabs}"]
-    for key, group in board.groupby(GROUP_COLUMNS, sort=True):
-        benchmark, protocol, convention, shot = key
-        metrics = group_metrics(convention)
-        best = best_values(group, metrics)
+    for group in board.groups:
         spread = " $\\pm$ std over runs" if std else ""
         out += [r"\begin{table}[t]", r"\centering",
-                rf"\caption{{{latex_escape(group_title(*key))}: mIoU (\%), mean over folds{spread}.}}",
-                rf"\label{{tab:{_label_key(benchmark, protocol, shot, 'shot', convention)}}}",
-                r"\begin{tabular}{l" + "r" * len(metrics) + "}", r"\toprule",
-                "Method & " + " & ".join(latex_escape(METRIC_TITLES[m]) for m in metrics) + r" \\", r"\midrule"]
-        incomplete = []
-        for _, row in sort_board(group, sort).iterrows():
-            label = latex_escape(row_label(row))
-            if not row["complete"]:
-                label += r"$^\dagger$"
-                incomplete.append(f"{row_label(row)}: folds {row['folds']} of {row['num_folds']}")
-            cells = [_latex_value(row[m], row[f"{m[:-5]}_std"] if std else None,
-                                  bool(row["complete"] and not row["oracle"] and row[m] == best[m]))
-                     for m in metrics]
-            out.append(label + " & " + " & ".join(cells) + r" \\")
-        if published is not None:
-            from gfss_bench.results.published import matching
-
-            refs = matching(published, benchmark, protocol, convention, shot)
-            if not refs.empty:
+                rf"\caption{{{latex_escape(group.title)}: mIoU (\%), mean over folds{spread}.}}",
+                rf"\label{{tab:{_label_key(group.benchmark, group.protocol, group.shot, 'shot', group.convention)}}}",
+                r"\begin{tabular}{l" + "r" * len(group.metrics) + "}", r"\toprule",
+                "Method & " + " & ".join(latex_escape(METRIC_TITLES[m]) for m in group.metrics) + r" \\",
+                r"\midrule"]
+        previous = "result"
+        for row in group.rows:
+            if row.kind != previous and row.kind == "published":
                 out.append(r"\midrule")
-                for _, ref in refs.iterrows():
-                    out.append(rf"\textit{{{latex_escape(ref['label'])}}} (published) & "
-                               + " & ".join(_latex_value(ref[m], None, False) for m in metrics) + r" \\")
+            previous = row.kind
+            out.append(_latex_label(row) + " & " + " & ".join(_latex_cell(row.cells[m], std and row.kind == "result")
+                                                             for m in group.metrics) + r" \\")
         out.append(r"\bottomrule")
         out.append(r"\end{tabular}")
-        if incomplete:
-            out.append(r"\par\smallskip{\footnotesize $^\dagger$ incomplete: "
-                       + latex_escape("; ".join(incomplete)) + "}")
+        for note in group.notes:
+            mark = r"$^\dagger$ " if note.startswith("incomplete") else ""
+            out.append(r"\par\smallskip{\footnotesize " + mark + latex_escape(note) + "}")
         out.append(r"\end{table}")
         out.append("")
     return "\n".join(out)
@@ -125,43 +133,28 @@ def markdown_escape(text) -> str:
                                    and char.isprintable()) else char for char in str(text))
 
 
-def _markdown_value(value: float, std: Optional[float], bold: bool) -> str:
-    if _nan(value):
-        return "–"
-    text = f"{value:.2f}"
-    if std is not None and not _nan(std):
-        text += f" ± {std:.2f}"
-    return f"**{text}**" if bold else text
+def _markdown_label(row: Row) -> str:
+    label = markdown_escape(row.label)
+    return label if row.kind == "result" else f"*{label}*"
 
 
-def markdown(results: Iterable[dict], std: bool = False, sort: str = "hm",
-             published: Optional[pd.DataFrame] = None) -> str:
-    """One GitHub-flavoured pipe table per group, under a heading; best value per column in bold."""
-    board = leaderboard(results)
+def markdown(board: Leaderboard, std: bool = False) -> str:
+    """One GitHub-flavoured pipe table per group, under a heading; best cells in bold, notes below."""
     out = []
-    for key, group in board.groupby(GROUP_COLUMNS, sort=True):
-        benchmark, protocol, convention, shot = key
-        metrics = group_metrics(convention)
-        best = best_values(group, metrics)
-        out += [f"### {markdown_escape(group_title(*key))}", "",
+    for group in board.groups:
+        out += [f"### {markdown_escape(group.title)}", "",
                 "mIoU (%), mean over folds" + (" ± std over runs" if std else "") + ".", "",
-                "| Method | Folds | " + " | ".join(METRIC_TITLES[m] for m in metrics) + " |",
-                "|---|---:|" + "---:|" * len(metrics)]
-        for _, row in sort_board(group, sort).iterrows():
-            folds = f"{len(str(row['folds']).split(','))}/{row['num_folds']}"
-            if not row["complete"]:
-                folds += " (incomplete)"
-            cells = [_markdown_value(row[m], row[f"{m[:-5]}_std"] if std else None,
-                                     bool(row["complete"] and not row["oracle"] and row[m] == best[m]))
-                     for m in metrics]
-            out.append(f"| {markdown_escape(row_label(row))} | {folds} | " + " | ".join(cells) + " |")
-        if published is not None:
-            from gfss_bench.results.published import matching
-
-            for _, ref in matching(published, benchmark, protocol, convention, shot).iterrows():
-                out.append(f"| *{markdown_escape(ref['label'])}* (published) | paper | "
-                           + " | ".join(_markdown_value(ref[m], None, False) for m in metrics) + " |")
+                "| Method | Folds | " + " | ".join(METRIC_TITLES[m] for m in group.metrics) + " |",
+                "|---|---:|" + "---:|" * len(group.metrics)]
+        for row in group.rows:
+            folds = row.folds_text + (" (incomplete)" if row.incomplete else "")
+            cells = [row.cells[m].text(std and row.kind == "result", "–") for m in group.metrics]
+            cells = [f"**{text}**" if row.cells[m].is_best else text for text, m in zip(cells, group.metrics)]
+            out.append(f"| {_markdown_label(row)} | {folds} | " + " | ".join(cells) + " |")
         out.append("")
+        out += [f"{markdown_escape(note)}  " for note in group.notes]
+        if group.notes:
+            out.append("")
     return "\n".join(out)
 
 
@@ -179,15 +172,11 @@ def _clean(value):
     return value
 
 
-def json_export(results: Iterable[dict], sort: str = "hm") -> str:
-    """Leaderboard groups (rows with fold means, std over runs, provenance) and every run, as strict JSON
+def json_export(board: Leaderboard, results: Iterable[dict]) -> str:
+    """The model's groups (metrics, notes, rows as `row_record`s) and every run of `results`, as strict JSON
     (NaN written as null)."""
-    results = list(results)
-    board = sort_board(leaderboard(results), sort)
-    groups = []
-    for key, group in board.groupby(GROUP_COLUMNS, sort=True):
-        groups.append({**dict(zip(GROUP_COLUMNS, key)), "metrics": group_metrics(key[2]),
-                       "rows": group.to_dict(orient="records")})
+    groups = [{**dict(zip(GROUP_COLUMNS, group.key)), "metrics": list(group.metrics), "notes": list(group.notes),
+               "rows": [row_record(group, row) for row in group.rows]} for group in board.groups]
     runs = run_rows(results).to_dict(orient="records")
     data = {"generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "units": "mIoU in percent; leaderboard rows are fold means, std over runs",

@@ -3,7 +3,8 @@ trade-off with iso-HM curves, and per-class IoU heat-maps.
 
 Colours are the Okabe-Ito palette (distinguishable with the common colour-vision deficiencies) and every
 series also differs by hatch or marker, so figures survive greyscale printing. Every builder returns a
-`matplotlib.figure.Figure` (never pyplot state), so callers and tests can inspect the artists.
+`matplotlib.figure.Figure` (never pyplot state), so callers and tests can inspect the artists. The leaderboard
+figures draw the own rows of a `board.Leaderboard` group, with its labels and order.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from gfss_bench.results.report import GROUP_COLUMNS, leaderboard, per_class_frame, per_class_matrix, row_label
+from gfss_bench.results.board import Group, Leaderboard
+from gfss_bench.results.report import GROUP_COLUMNS, group_title, per_class_frame, per_class_matrix
 
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
 METRIC_STYLE = {  # metric column -> (legend label, colour, hatch)
@@ -27,29 +29,29 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 KINDS = ("bars", "shots", "tradeoff", "classes")
 
 
-def _title(benchmark, protocol, convention, shot=None) -> str:
-    shot_text = f" · {shot}-shot" if shot is not None else ""
-    return f"{benchmark} · {protocol}{shot_text} · {convention} convention"
+def _labels(group: Group) -> list[str]:
+    return [row.label + (" (incomplete)" if row.incomplete else "") for row in group.own_rows()]
 
 
-def _labels(group: pd.DataFrame) -> list[str]:
-    return [row_label(row) + ("" if row["complete"] else " (incomplete)") for _, row in group.iterrows()]
+def _column(group: Group, metric: str, field: str = "value") -> np.ndarray:
+    return np.array([getattr(row.cells[metric], field) for row in group.own_rows()], dtype=float)
 
 
-def bars_figure(group: pd.DataFrame, title: str = "") -> Figure:
-    """Grouped bars: per method, base / novel / HM mIoU (fold means) with ± std over runs as error bars."""
-    group = group.sort_values("hm_miou", ascending=False, kind="stable")
+def bars_figure(group: Group, title: str = "") -> Figure:
+    """Grouped bars: per own row (in the model's order), base / novel / HM mIoU (fold means) with ± std over
+    runs as error bars."""
     labels = _labels(group)
-    figure = Figure(figsize=(max(4.0, 1.3 * len(group) + 1.5), 3.6), layout="constrained")
+    figure = Figure(figsize=(max(4.0, 1.3 * len(labels) + 1.5), 3.6), layout="constrained")
     ax = figure.add_subplot()
-    x = np.arange(len(group))
+    x = np.arange(len(labels))
     width = 0.26
     for i, (metric, (name, colour, hatch)) in enumerate(METRIC_STYLE.items()):
-        std = group[f"{metric[:-5]}_std"].to_numpy(dtype=float)
-        ax.bar(x + (i - 1) * width, group[metric].to_numpy(dtype=float), width, label=name, color=colour,
+        std = _column(group, metric, "std")
+        ax.bar(x + (i - 1) * width, _column(group, metric), width, label=name, color=colour,
                hatch=hatch, edgecolor="white", linewidth=0.5,
                yerr=np.where(np.isnan(std), 0, std), capsize=2, error_kw={"linewidth": 0.8})
-    ax.set_xticks(x, labels, rotation=20 if len(group) > 3 else 0, ha="right" if len(group) > 3 else "center")
+    crowded = len(labels) > 3
+    ax.set_xticks(x, labels, rotation=20 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylabel("mIoU (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title, fontsize=9)
@@ -59,18 +61,20 @@ def bars_figure(group: pd.DataFrame, title: str = "") -> Figure:
     return figure
 
 
-def shots_figure(board: pd.DataFrame, title: str = "") -> Figure:
-    """Novel mIoU (fold means, ± std over runs) against the number of shots, one line per method."""
+def shots_figure(groups: Sequence[Group], title: str = "") -> Figure:
+    """Novel mIoU (fold means, ± std over runs) against the number of shots, one line per row label, from
+    groups that differ only in their shot count."""
     figure = Figure(figsize=(4.8, 3.6), layout="constrained")
     ax = figure.add_subplot()
-    board = board.assign(label=[row_label(r) for _, r in board.iterrows()])
-    for i, (label, rows) in enumerate(board.groupby("label", sort=True)):
+    points = pd.DataFrame([{"label": row.label, "shot": group.shot, "novel": row.cells["novel_miou"].value,
+                            "std": row.cells["novel_miou"].std} for group in groups for row in group.own_rows()])
+    for i, (label, rows) in enumerate(points.groupby("label", sort=True)):
         rows = rows.sort_values("shot")
-        std = rows["novel_std"].to_numpy(dtype=float)
-        ax.errorbar(rows["shot"].to_numpy(), rows["novel_miou"].to_numpy(dtype=float),
+        std = rows["std"].to_numpy(dtype=float)
+        ax.errorbar(rows["shot"].to_numpy(), rows["novel"].to_numpy(dtype=float),
                     yerr=np.where(np.isnan(std), 0, std), label=label, color=OKABE_ITO[i % len(OKABE_ITO)],
                     marker=MARKERS[i % len(MARKERS)], capsize=3, linewidth=1.5)
-    shots = sorted(board["shot"].unique())
+    shots = sorted({group.shot for group in groups})
     ax.set_xticks(shots, [str(s) for s in shots])
     ax.set_xlabel("shots per novel class (K)")
     ax.set_ylabel("novel mIoU (%)")
@@ -80,8 +84,8 @@ def shots_figure(board: pd.DataFrame, title: str = "") -> Figure:
     return figure
 
 
-def tradeoff_figure(group: pd.DataFrame, title: str = "", iso_hm: Sequence[float] = (20, 40, 60, 80)) -> Figure:
-    """Base vs. novel mIoU, one point per method, with dashed curves of constant harmonic mean."""
+def tradeoff_figure(group: Group, title: str = "", iso_hm: Sequence[float] = (20, 40, 60, 80)) -> Figure:
+    """Base vs. novel mIoU, one point per own row, with dashed curves of constant harmonic mean."""
     figure = Figure(figsize=(4.8, 4.2), layout="constrained")
     ax = figure.add_subplot()
     for h in iso_hm:
@@ -90,8 +94,9 @@ def tradeoff_figure(group: pd.DataFrame, title: str = "", iso_hm: Sequence[float
         keep = novel <= 100
         ax.plot(base[keep], novel[keep], linestyle="--", color="0.6", linewidth=0.8, gid="iso-hm")
         ax.annotate(f"HM={h:g}", (100, h * 100 / (200 - h)), fontsize=7, color="0.4", ha="right", va="bottom")
-    for i, (label, (_, row)) in enumerate(zip(_labels(group), group.iterrows())):
-        ax.scatter([row["base_miou"]], [row["novel_miou"]], s=45, label=label, color=OKABE_ITO[i % len(OKABE_ITO)],
+    for i, (label, row) in enumerate(zip(_labels(group), group.own_rows())):
+        ax.scatter([row.cells["base_miou"].value], [row.cells["novel_miou"].value], s=45, label=label,
+                   color=OKABE_ITO[i % len(OKABE_ITO)],
                    marker=MARKERS[i % len(MARKERS)], edgecolors="black", linewidths=0.5, zorder=3)
     ax.set_xlim(0, 100)
     ax.set_ylim(0, 100)
@@ -127,29 +132,30 @@ def class_heatmap_figure(frame: pd.DataFrame, title: str = "") -> Figure:
 def make_figures(results: Iterable[dict], kinds: Sequence[str] = KINDS) -> list[tuple[str, Figure]]:
     """All requested figures for the results, as (file stem, Figure) pairs."""
     results = list(results)
-    board = leaderboard(results)
+    board = Leaderboard.build(results)
     figures: list[tuple[str, Figure]] = []
-    if board.empty:
+    if not board.groups:
         return figures
-    if "bars" in kinds or "tradeoff" in kinds:
-        for key, group in board.groupby(GROUP_COLUMNS, sort=True):
-            benchmark, protocol, convention, shot = key
-            stem = f"{benchmark}-{protocol}-{shot}shot-{convention}"
-            if "bars" in kinds:
-                figures.append((f"bars-{stem}", bars_figure(group, _title(*key))))
-            if "tradeoff" in kinds:
-                figures.append((f"tradeoff-{stem}", tradeoff_figure(group, _title(*key))))
+    for group in board.groups:
+        stem = f"{group.benchmark}-{group.protocol}-{group.shot}shot-{group.convention}"
+        if "bars" in kinds:
+            figures.append((f"bars-{stem}", bars_figure(group, group.title)))
+        if "tradeoff" in kinds:
+            figures.append((f"tradeoff-{stem}", tradeoff_figure(group, group.title)))
     if "shots" in kinds:
-        for key, group in board.groupby(["benchmark", "protocol", "convention"], sort=True):
-            if group["shot"].nunique() > 1:
-                figures.append((f"shots-{'-'.join(key)}", shots_figure(group, _title(*key))))
+        by_setting: dict[tuple, list[Group]] = {}
+        for group in board.groups:
+            by_setting.setdefault((group.benchmark, group.protocol, group.convention), []).append(group)
+        for key, groups in by_setting.items():
+            if len(groups) > 1:
+                figures.append((f"shots-{'-'.join(key)}", shots_figure(groups, f"{', '.join(key)} convention")))
     if "classes" in kinds:
         classes = per_class_frame(results)
         if not classes.empty:
             for key, group in classes.groupby(GROUP_COLUMNS + ["fold"], sort=True):
                 benchmark, protocol, convention, shot, fold = key
                 figures.append((f"classes-{benchmark}-{protocol}-{shot}shot-{convention}-fold{fold}",
-                                class_heatmap_figure(group, f"{_title(*key[:4])} · fold {fold}: per-class IoU")))
+                                class_heatmap_figure(group, f"{group_title(*key[:4])}, fold {fold}: per-class IoU")))
     return figures
 
 

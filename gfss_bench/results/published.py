@@ -47,13 +47,13 @@ def matching(published: pd.DataFrame, benchmark: str, protocol: str, convention:
     return published[keep]
 
 
-def gaps(group: pd.DataFrame, refs: pd.DataFrame) -> list[dict]:
-    """Own row minus published row, per metric, for every own row whose method has a published row."""
+def gaps(rows: pd.DataFrame, refs: pd.DataFrame) -> list[dict]:
+    """Own row minus published row, per metric, for every own row (with its shown `label`) whose method name
+    has a published row."""
     out = []
-    for _, row in group.iterrows():
-        name = str(row["method"]).split("(", 1)[0]
-        for _, ref in refs[refs["method"] == name].iterrows():
-            gap = {"label": f"{row['method']} − {ref['label']}", "own": row["method"], "published": ref["label"],
+    for _, row in rows.iterrows():
+        for _, ref in refs[refs["method"] == row["method_name"]].iterrows():
+            gap = {"label": f"{row['label']} − {ref['label']}", "own": row["method"], "published": ref["label"],
                    "complete": bool(row["complete"])}
             for metric in ("base_miou", "novel_miou", "mean_miou", "hm_miou", "total_miou"):
                 gap[metric] = float(row[metric]) - float(ref[metric])

@@ -1,9 +1,16 @@
-"""Leaderboards from stored results: fold-level rows, fold means per method, rich tables and CSV.
+"""Leaderboards from stored results: fold-level rows, fold means per method setting, and the rich tables.
 
 Fold means: base and novel mIoU are averaged over folds (each fold's value is its mean over runs),
 then mean = (base + novel) / 2 and HM = 2*base*novel/(base + novel) of those averages, as papers do.
 Rows with fewer folds than the benchmark has are marked incomplete, never passed off as complete.
-Results of different metric conventions are never mixed in one table.
+Results of different metric conventions are never mixed in one table, and results of different protocol
+versions, method versions or episode samplers never share a row (`describe.versions`).
+A row's segmenter is the one the user chose (`describe.segmenter_label`: one row for all folds of a checkpoint
+folder); each fold's exact weights id stays in the `segmenter_id` column of the fold and run rows, and the row
+lists them (`segmenter_ids`). A row holding a fold more than once (e.g. weights retrained in the same folder, or
+other evaluation settings) is not complete.
+
+Labels, fold counts and versions come from the stored results (`describe`), never from the registries.
 
 Spread over runs ("± std"): run r of every fold of a row forms one replicate of the whole
 benchmark; its base and novel mIoU are the fold means of run r's scores and its mean/HM follow
@@ -17,16 +24,19 @@ confusion matrix; classes with an empty union skipped), averaged over the runs w
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gfss_bench.benchmark.metrics import harmonic_mean, per_class_iou
-from gfss_bench.methods import METHODS
-from gfss_bench.protocols import BENCHMARKS
+from gfss_bench.results.describe import described, num_folds, result_label, segmenter_label, versions
+
+if TYPE_CHECKING:
+    from gfss_bench.results.board import Leaderboard
 
 GROUP_COLUMNS = ["benchmark", "protocol", "convention", "shot"]
 METRICS = ["base_miou", "novel_miou", "mean_miou", "hm_miou"]
@@ -35,38 +45,26 @@ METRIC_NAMES = {"base": "base_miou", "novel": "novel_miou", "mean": "mean_miou",
                 "total": "total_miou"}
 METRIC_TITLES = {"base_miou": "base", "novel_miou": "novel", "mean_miou": "mean", "hm_miou": "HM",
                  "total_miou": "total"}
-SETTING_COLUMNS = ["method", "segmenter", "runs", "seed", "oracle"]
+VERSION_COLUMNS = ["protocol_version", "method_version", "episodes"]
+SETTING_COLUMNS = ["method", "method_name", "segmenter", "runs", "seed", "oracle"] + VERSION_COLUMNS
 
 
-def method_label(method: str, options: dict) -> str:
-    """The method name plus its non-default options, e.g. `diam(pi_strategy=uniform)`."""
-    if method not in METHODS:
-        return method
-    defaults = METHODS.get(method)().options()
-    changed = [f"{k}={_format_option(v)}" for k, v in sorted(options.items())
-               if k in defaults and _format_option(v) != _format_option(defaults[k])]
-    return f"{method}({', '.join(changed)})" if changed else method
-
-
-def _format_option(value) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(_format_option(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def result_label(result: dict) -> str:
-    return method_label(result["spec"]["method"], result["spec"].get("method_options", {}))
+def _setting(result: dict) -> dict:
+    """The columns that identify a result's row: its label, method name, segmenter label, runs, seed and
+    versions."""
+    spec = result["spec"]
+    return {"method": result_label(result), "method_name": spec["method"], "segmenter": segmenter_label(result),
+            "runs": spec["runs"], "seed": spec["seed"], "oracle": bool(result.get("oracle")), **versions(result)}
 
 
 def filter_results(results: Iterable[dict], benchmarks: Sequence[str] = (), protocols: Sequence[str] = (),
                    shots: Sequence[int] = (), methods: Sequence[str] = (),
                    conventions: Sequence[str] = ()) -> list[dict]:
     """Keep results matching every given filter (an empty filter keeps all). A method filter matches
-    either the method name (`diam`, every option setting) or the full label (`diam(pi_strategy=uniform)`)."""
+    either the method name (`diam`, every option setting) or the full label (`diam(pi_strategy=uniform)`).
+    The kept results are `described` (labels of old results computed over all the given ones)."""
     kept = []
-    for result in results:
+    for result in described(results):
         spec = result["spec"]
         if benchmarks and spec["benchmark"] not in benchmarks:
             continue
@@ -99,50 +97,47 @@ def fold_rows(results: Iterable[dict]) -> pd.DataFrame:
     base/novel/total are the means over runs; mean and HM of a fold are computed from its base and
     novel means; the std columns are the stored std over runs (ddof=1)."""
     rows = []
-    for result in results:
+    for result in described(results):
         spec, aggregate = result["spec"], result["aggregate"]
         base, novel = _pct(aggregate, "base"), _pct(aggregate, "novel")
         rows.append({
-            "method": method_label(spec["method"], spec["method_options"]),
-            "benchmark": spec["benchmark"], "protocol": spec["protocol"], "convention": spec["convention"],
-            "shot": spec["shot"], "fold": spec["fold"], "runs": spec["runs"], "seed": spec["seed"],
-            "segmenter": spec["segmenter"], "oracle": bool(result.get("oracle")),
-            "base_miou": base, "novel_miou": novel, "mean_miou": (base + novel) / 2,
+            **_setting(result), "benchmark": spec["benchmark"], "protocol": spec["protocol"],
+            "convention": spec["convention"], "shot": spec["shot"], "fold": spec["fold"],
+            "num_folds": num_folds(result), "base_miou": base, "novel_miou": novel, "mean_miou": (base + novel) / 2,
             "hm_miou": harmonic_mean(base, novel), "total_miou": _pct(aggregate, "total"),
             "base_std": _pct(aggregate, "base", "std"), "novel_std": _pct(aggregate, "novel", "std"),
             "mean_std": _pct(aggregate, "mean", "std"), "hm_std": _pct(aggregate, "hm", "std"),
             "total_std": _pct(aggregate, "total", "std"),
-            "run_id": result["run_id"], **_provenance(result),
+            "segmenter_id": spec["segmenter"], "run_id": result["run_id"], **_provenance(result),
         })
-    columns = ["method", "benchmark", "protocol", "convention", "shot", "fold", "runs", "seed", "segmenter",
-               "oracle", "base_miou", "novel_miou", "mean_miou", "hm_miou", "total_miou", "base_std", "novel_std",
-               "mean_std", "hm_std", "total_std", "run_id", "git_commit", "created", "device"]
+    columns = SETTING_COLUMNS + ["benchmark", "protocol", "convention", "shot", "fold", "num_folds", "base_miou",
+                                 "novel_miou", "mean_miou", "hm_miou", "total_miou", "base_std", "novel_std",
+                                 "mean_std", "hm_std", "total_std", "segmenter_id", "run_id", "git_commit",
+                                 "created", "device"]
     return pd.DataFrame(rows, columns=columns)
 
 
 def run_rows(results: Iterable[dict]) -> pd.DataFrame:
     """Tidy table: one row per method x fold x run with that run's scores (percent) and provenance."""
     rows = []
-    for result in results:
+    for result in described(results):
         spec = result["spec"]
         for run in result.get("runs", []):
             run_scores = run.get("scores", {})
             value = {k: (float("nan") if run_scores.get(k) is None else 100 * float(run_scores[k]))
                      for k in ("base", "novel", "mean", "hm", "total")}
             rows.append({
-                "method": method_label(spec["method"], spec["method_options"]), "method_name": spec["method"],
-                "method_options": spec["method_options"],
+                **_setting(result), "method_options": spec["method_options"],
                 "benchmark": spec["benchmark"], "protocol": spec["protocol"], "convention": spec["convention"],
                 "shot": spec["shot"], "fold": spec["fold"], "run": run["run"], "seed": run.get("seed"),
-                "num_queries": run.get("num_queries"), "segmenter": spec["segmenter"],
-                "oracle": bool(result.get("oracle")),
+                "num_queries": run.get("num_queries"),
                 "base_miou": value["base"], "novel_miou": value["novel"], "mean_miou": value["mean"],
-                "hm_miou": value["hm"], "total_miou": value["total"], "run_id": result["run_id"],
-                **_provenance(result),
+                "hm_miou": value["hm"], "total_miou": value["total"], "segmenter_id": spec["segmenter"],
+                "run_id": result["run_id"], **_provenance(result),
             })
     columns = ["method", "method_name", "method_options", "benchmark", "protocol", "convention", "shot", "fold",
-               "run", "seed", "num_queries", "segmenter", "oracle", "base_miou", "novel_miou", "mean_miou",
-               "hm_miou", "total_miou", "run_id", "git_commit", "created", "device"]
+               "run", "seed", "num_queries", "segmenter", "oracle", *VERSION_COLUMNS, "base_miou", "novel_miou",
+               "mean_miou", "hm_miou", "total_miou", "segmenter_id", "run_id", "git_commit", "created", "device"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -172,28 +167,30 @@ def _replicate_std(runs: pd.DataFrame, folds: Sequence[int]) -> dict[str, float]
 
 def leaderboard(results: Iterable[dict]) -> pd.DataFrame:
     """Fold means per (benchmark, protocol, convention, shot, method, setting), with std over runs and
-    provenance (distinct commits and devices, latest creation date)."""
+    provenance (the fold weights' ids, distinct commits and devices, latest creation date)."""
     results = list(results)
     folds = fold_rows(results)
     runs = run_rows(results)
     keys = GROUP_COLUMNS + SETTING_COLUMNS
     columns = keys + ["folds", "num_folds", "complete"] + ALL_METRICS + [f"{m[:-5]}_std" for m in ALL_METRICS] \
-        + ["git_commit", "created", "device"]
+        + ["segmenter_ids", "git_commit", "created", "device"]
     if folds.empty:
         return pd.DataFrame(columns=columns)
     rows = []
     for key, group in folds.groupby(keys, sort=True):
         row = dict(zip(keys, key))
-        num_folds = BENCHMARKS.get(row["benchmark"]).num_folds if row["benchmark"] in BENCHMARKS else None
+        known = group["num_folds"].dropna()
+        expected = int(known.max()) if not known.empty else None
         base, novel = group["base_miou"].mean(), group["novel_miou"].mean()
         fold_ids = sorted(group["fold"])
-        row.update(folds=",".join(str(f) for f in fold_ids), num_folds=num_folds,
-                   complete=num_folds is not None and group["fold"].nunique() == num_folds,
+        row.update(folds=",".join(str(f) for f in fold_ids), num_folds=expected,
+                   complete=expected is not None and group["fold"].nunique() == expected == len(group),
                    base_miou=base, novel_miou=novel, mean_miou=(base + novel) / 2,
                    hm_miou=harmonic_mean(base, novel), total_miou=group["total_miou"].mean())
         mine = runs[runs["run_id"].isin(set(group["run_id"]))] if not runs.empty else runs
         row.update(_replicate_std(mine, fold_ids))
-        row.update(git_commit=",".join(sorted({str(c)[:10] for c in group["git_commit"] if c})),
+        row.update(segmenter_ids=",".join(dict.fromkeys(group.sort_values("fold", kind="stable")["segmenter_id"])),
+                   git_commit=",".join(sorted({str(c)[:10] for c in group["git_commit"] if c})),
                    created=max((c for c in group["created"] if c), default=None),
                    device=",".join(sorted({str(d) for d in group["device"] if d})))
         rows.append(row)
@@ -215,10 +212,35 @@ def group_metrics(convention: str) -> list[str]:
     return ALL_METRICS if convention == "pop" else METRICS
 
 
-def to_csv(board: pd.DataFrame) -> str:
-    out = board.copy()
-    out["folds"] = out["folds"].astype(str)
-    return out.to_csv(index=False, float_format="%.2f")
+def row_marks(frame: pd.DataFrame) -> tuple[list[str], list[bool]]:
+    """The shown label and the older-version flag of each row of a frame with the setting columns.
+
+    The label is the method label plus ' [oracle]', ' @SEGMENTER' (other than the built-in), ' [protocol vN]'
+    when N is older than the newest protocol version in the frame, ' [method vN]' when the frame holds
+    several versions of that method, and ' [episodes=X]' when the rows of the newest protocol version use
+    several episode samplers. A row of an older protocol or method version is 'older': never bold."""
+    if frame.empty:
+        return [], []
+    newest_protocol = frame["protocol_version"].max()
+    newest_method = frame.groupby("method_name")["method_version"].max()
+    method_versions = frame.groupby("method_name")["method_version"].nunique()
+    current = frame[frame["protocol_version"] == newest_protocol]
+    several_samplers = current["episodes"].nunique() > 1
+    labels, older = [], []
+    for _, row in frame.iterrows():
+        label = str(row["method"]) + (" [oracle]" if row["oracle"] else "")
+        if row["segmenter"] != "builtin":
+            label += f" @{row['segmenter']}"
+        if method_versions[row["method_name"]] > 1:
+            label += f" [method v{row['method_version']}]"
+        if row["protocol_version"] < newest_protocol:
+            label += f" [protocol v{row['protocol_version']}]"
+        elif several_samplers:
+            label += f" [episodes={row['episodes']}]"
+        labels.append(label)
+        older.append(bool(row["protocol_version"] < newest_protocol
+                          or row["method_version"] < newest_method[row["method_name"]]))
+    return labels, older
 
 
 def _is_nan(value) -> bool:
@@ -234,88 +256,52 @@ def format_value(value: float, std: Optional[float] = None) -> str:
     return text
 
 
-def _cell(value: float, best: bool, std: Optional[float] = None) -> str:
-    text = format_value(value, std)
-    return f"[bold green]{text}[/]" if best else text
+def group_title(benchmark: str, protocol: str, convention: str, shot) -> str:
+    """The one title of a (benchmark, protocol, convention, shot) group, in every output."""
+    return f"{benchmark}, {protocol} protocol, {shot}-shot, {convention} convention"
 
 
-def best_values(group: pd.DataFrame, metrics: Sequence[str]) -> dict[str, float]:
-    """The best (largest) value per metric among complete, non-oracle rows."""
-    eligible = group[group["complete"].astype(bool) & ~group["oracle"].astype(bool)]
-    return {m: eligible[m].max() if not eligible.empty else float("nan") for m in metrics}
+ROW_STYLES = {"published": "cyan", "delta": "magenta"}
 
 
-def row_label(row) -> str:
-    label = str(row["method"]) + (" [oracle]" if row["oracle"] else "")
-    if row["segmenter"] != "builtin":
-        label += f" @{row['segmenter']}"
-    return label
-
-
-def _grouped_tables(frame: pd.DataFrame, title_prefix: str, what: str):
-    """(group key, rows, metric columns, titled empty Table) per (benchmark, protocol, convention, shot)."""
-    for key, group in frame.groupby(GROUP_COLUMNS, sort=True):
-        benchmark, protocol, convention, shot = key
-        title = f"{title_prefix}{benchmark} · {protocol} · {shot}-shot · {convention} convention{what}"
-        yield key, group, group_metrics(convention), Table(title=title)
-
-
-def print_leaderboard(board: pd.DataFrame, console: Optional[Console] = None, title_prefix: str = "",
-                      sort: str = "hm", published: Optional[pd.DataFrame] = None) -> None:
-    """One rich table per (benchmark, protocol, convention, shot); best value per column in bold.
-
-    `published` (from `published.published_rows`) adds marked reference rows and the gap of each own
-    row to the published row of the same method."""
-    from rich.markup import escape
-
+def print_leaderboard(board: "Leaderboard", console: Optional[Console] = None) -> None:
+    """Render a `board.Leaderboard` as one rich table per group; best cells in bold green, notes below."""
     console = console or Console()
-    if board.empty:
+    if not board.groups:
         console.print("no results stored yet: run `gfss-bench run --method diam --protocol practical`")
         return
-    for (benchmark, protocol, convention, shot), group, metrics, table in _grouped_tables(
-            board, title_prefix, " (mIoU %, fold means ± std over runs)"):
+    for group in board.groups:
+        table = Table(title=f"{group.title} (mIoU %, fold means ± std over runs)",
+                      caption="\n".join(escape(note) for note in group.notes) or None)
         table.add_column("method")
         table.add_column("folds", justify="right")
-        for m in metrics:
+        for m in group.metrics:
             table.add_column(METRIC_TITLES[m], justify="right")
-        best = best_values(group, metrics)
-        for _, row in sort_board(group, sort).iterrows():
-            folds = f"{len(row['folds'].split(','))}/{row['num_folds']}"
-            if not row["complete"]:
-                folds = f"[yellow]{folds} incomplete[/]"
-            table.add_row(escape(row_label(row)), folds,
-                          *(_cell(row[m], row["complete"] and not row["oracle"] and row[m] == best[m],
-                                  row[f"{m[:-5]}_std"]) for m in metrics))
-        if published is not None and not published.empty:
-            from gfss_bench.results.published import gaps, matching
-
-            refs = matching(published, benchmark, protocol, convention, shot)
-            for _, ref in refs.iterrows():
-                table.add_row(f"[cyan]{escape(ref['label'])} (published)[/]", "paper",
-                              *(format_value(ref[m]) for m in metrics))
-            for gap in gaps(group, refs):
-                note = "" if gap["complete"] else " (own row incomplete)"
-                table.add_row(f"[magenta]Δ {escape(gap['label'])}{note}[/]", "",
-                              *(_signed(gap[m]) for m in metrics))
+        for row in group.rows:
+            label = escape(row.label)
+            style = "dim" if row.older_version else ROW_STYLES.get(row.kind)
+            if style:
+                label = f"[{style}]{label}[/]"
+            folds = f"[yellow]{row.folds_text} incomplete[/]" if row.incomplete else row.folds_text
+            cells = [cell.text() for cell in row.cells.values()]
+            table.add_row(label, folds, *(f"[bold green]{text}[/]" if cell.is_best else text
+                                          for text, cell in zip(cells, row.cells.values())))
         console.print(table)
 
 
-def _signed(value: float) -> str:
-    return "-" if _is_nan(value) else f"{value:+.2f}"
-
-
 def print_per_fold(folds: pd.DataFrame, console: Optional[Console] = None) -> None:
-    """The fold breakdown: one row per method x fold, mean ± std over that fold's runs."""
-    from rich.markup import escape
-
+    """The fold breakdown: one row per method setting x fold, mean ± std over that fold's runs."""
     console = console or Console()
     if folds.empty:
         return
-    for _, group, metrics, table in _grouped_tables(folds, "", ": per fold (mIoU %, mean ± std over runs)"):
+    folds = folds.assign(label=row_marks(folds)[0])
+    for key, group in folds.groupby(GROUP_COLUMNS, sort=True):
+        metrics = group_metrics(key[2])
+        table = Table(title=f"{group_title(*key)}: per fold (mIoU %, mean ± std over runs)")
         for name in ["method", "fold", "runs"] + [METRIC_TITLES[m] for m in metrics]:
             table.add_column(name, justify="left" if name == "method" else "right")
-        for _, row in group.sort_values(["method", "fold"], kind="stable").iterrows():
-            table.add_row(escape(row_label(row)), str(row["fold"]), str(row["runs"]),
+        for _, row in group.sort_values(["label", "fold"], kind="stable").iterrows():
+            table.add_row(escape(row["label"]), str(row["fold"]), str(row["runs"]),
                           *(format_value(row[m], row[f"{m[:-5]}_std"]) for m in metrics))
         console.print(table)
 
@@ -323,7 +309,7 @@ def print_per_fold(folds: pd.DataFrame, console: Optional[Console] = None) -> No
 def per_class_frame(results: Iterable[dict]) -> pd.DataFrame:
     """Tidy per-class IoU (percent): one row per result x episode class, averaged over runs."""
     rows = []
-    for result in results:
+    for result in described(results):
         spec = result["spec"]
         runs = [r for r in result.get("runs", []) if r.get("confusion") is not None]
         names = result.get("class_names")
@@ -337,23 +323,22 @@ def per_class_frame(results: Iterable[dict]) -> pd.DataFrame:
             defined = column[~np.isnan(column)]
             role = "background" if index == 0 else ("base" if index <= num_base else "novel")
             rows.append({
-                "method": method_label(spec["method"], spec["method_options"]),
-                "benchmark": spec["benchmark"], "protocol": spec["protocol"], "convention": spec["convention"],
-                "shot": spec["shot"], "fold": spec["fold"], "segmenter": spec["segmenter"],
-                "oracle": bool(result.get("oracle")), "class_index": index, "class_id": ids[index],
+                **_setting(result), "benchmark": spec["benchmark"], "protocol": spec["protocol"],
+                "convention": spec["convention"], "shot": spec["shot"], "fold": spec["fold"], "class_index": index,
+                "class_id": ids[index],
                 "class_name": name, "role": role,
                 "iou": 100 * float(defined.mean()) if defined.size else float("nan"),
                 "runs_defined": int(defined.size),
             })
-    columns = ["method", "benchmark", "protocol", "convention", "shot", "fold", "segmenter", "oracle",
-               "class_index", "class_id", "class_name", "role", "iou", "runs_defined"]
+    columns = SETTING_COLUMNS + ["benchmark", "protocol", "convention", "shot", "fold", "class_index", "class_id",
+                                 "class_name", "role", "iou", "runs_defined"]
     return pd.DataFrame(rows, columns=columns)
 
 
 def per_class_matrix(frame: pd.DataFrame) -> pd.DataFrame:
     """One fold's per-class frame as a (class x method) matrix, classes in episode order; the index holds
     (class_index, class_id, class_name, role)."""
-    frame = frame.assign(label=[row_label(r) for _, r in frame.iterrows()])
+    frame = frame.assign(label=row_marks(frame)[0])
     labels = list(dict.fromkeys(frame["label"]))
     matrix = frame.pivot_table(index="class_index", columns="label", values="iou", aggfunc="first",
                                dropna=False).reindex(columns=labels)
@@ -368,8 +353,6 @@ def per_class_matrix(frame: pd.DataFrame) -> pd.DataFrame:
 
 def print_per_class(frame: pd.DataFrame, console: Optional[Console] = None) -> None:
     """Per group and fold: a table of classes (with their role) x methods."""
-    from rich.markup import escape
-
     console = console or Console()
     if frame.empty:
         console.print("no per-class data: the selected results hold no confusion matrices")
@@ -377,7 +360,7 @@ def print_per_class(frame: pd.DataFrame, console: Optional[Console] = None) -> N
     for key, group in frame.groupby(GROUP_COLUMNS + ["fold"], sort=True):
         benchmark, protocol, convention, shot, fold = key
         matrix = per_class_matrix(group)
-        table = Table(title=f"{benchmark} · {protocol} · {shot}-shot · fold {fold}: per-class IoU "
+        table = Table(title=f"{group_title(benchmark, protocol, convention, shot)}, fold {fold}: per-class IoU "
                             "(%, mean over runs)")
         table.add_column("class")
         table.add_column("role")

@@ -10,7 +10,8 @@ from typing import Any
 
 from gfss_bench.paths import atomic_write_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3  # 2 added `method_label` and `benchmark_info`, 3 `segmenter_label` (see results/describe.py)
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)  # older files load as they are; reports fall back for the missing fields
 PARTIAL_SUFFIX = ".partial.json"
 
 
@@ -80,9 +81,9 @@ class ResultStore:
             result = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"cannot be read as JSON ({error})") from None
-        if not isinstance(result, dict) or result.get("schema_version") != SCHEMA_VERSION:
+        if not isinstance(result, dict) or result.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
             raise ValueError(f"schema version {result.get('schema_version') if isinstance(result, dict) else None!r}"
-                             f" is not {SCHEMA_VERSION}")
+                             f" is not one of {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}")
         if result.get("checksum") != content_checksum(result):
             raise ValueError("checksum mismatch: the file was modified or truncated")
         return result

@@ -38,7 +38,7 @@ def data_root(tmp_path):
 @pytest.fixture
 def on_disk_benchmark(monkeypatch):
     """synthetic5i read from --data-root (as a real benchmark is), so tests can damage the files."""
-    bench = dataclasses.replace(get_benchmark("synthetic5i"), dataset="pascal")
+    bench = dataclasses.replace(get_benchmark("synthetic5i"), generated=False)
     monkeypatch.setattr(runner, "get_benchmark", lambda name: bench)
     return bench
 
@@ -92,7 +92,7 @@ def test_label_outside_benchmark_names_label_file(data_root, on_disk_benchmark, 
 
 
 def test_novel_class_without_support_candidate_through_runner(data_root, monkeypatch, tmp_path):
-    bench = dataclasses.replace(get_benchmark("synthetic5i"), dataset="pascal", min_support_pixels=10 ** 9)
+    bench = dataclasses.replace(get_benchmark("synthetic5i"), generated=False, min_support_pixels=10 ** 9)
     monkeypatch.setattr(runner, "get_benchmark", lambda name: bench)
     with pytest.raises(GFSSError, match="has no support candidate.*lower --min-support-pixels"):
         execute([spec()], ResultStore(tmp_path / "r"), segmenter_loader=CountingLoader(), data_root=data_root)

@@ -1,12 +1,14 @@
 """SegmentationList / open_split: list parsing, path escaping, errors, pixel counts and their cache."""
 
+import io
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from gfss_bench.benchmark.datasets import SegmentationList, open_split
+from gfss_bench.benchmark.datasets import SegmentationList, decode_image, jpeg_is_complete, open_split
 from gfss_bench.errors import GFSSError
 from gfss_bench.protocols import get_benchmark
 
@@ -128,3 +130,33 @@ def test_open_split_synthetic_uses_the_generated_dataset(monkeypatch, tmp_path):
     monkeypatch.setattr(synthetic, "ensure_synthetic_dataset", lambda progress=True: root)
     split = open_split(get_benchmark("synthetic5i"), "val", data_root="/ignored")
     assert split.root == root and split.names == ["val_00000"]
+
+
+def _photo_jpeg(**options) -> bytes:
+    rng = np.random.default_rng(0)
+    pixels = np.clip(rng.normal(128, 60, (37, 53, 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", **options)
+    return buffer.getvalue()
+
+
+def test_images_are_decoded_as_opencv_imread_then_bgr_to_rgb(voc_root, tmp_path):
+    path = tmp_path / "photo.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation "rotate 90": OpenCV applies it, PIL does not
+    path.write_bytes(_photo_jpeg(exif=exif.tobytes()))
+    (voc_root / "one.txt").write_text(f"{path.relative_to(tmp_path)} voc/SegmentationClass/a.png\n")
+    expected = cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1]
+    assert expected.shape == (53, 37, 3)
+    assert np.array_equal(SegmentationList(tmp_path, voc_root / "one.txt").load_image(0), expected)
+
+
+@pytest.mark.parametrize("options", [{}, {"progressive": True}, {"quality": 100}])
+def test_truncated_jpegs_are_refused_and_complete_ones_kept(options):
+    data = _photo_jpeg(**options)
+    assert jpeg_is_complete(data) and decode_image(data) is not None
+    assert decode_image(data + b"trailing bytes\0") is not None  # data after the end marker is ignored
+    for keep in (0.2, 0.5, 0.9, len(data) - 2, len(data) - 1):
+        cut = data[:int(keep * len(data)) if keep < 1 else keep]
+        assert not jpeg_is_complete(cut) and decode_image(cut) is None
+    assert decode_image(b"") is None and decode_image(b"not an image") is None

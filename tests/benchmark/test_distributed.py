@@ -40,4 +40,4 @@ def test_two_gloo_processes_equal_one_process(tmp_path, memory):
         assert one[run_id][1] == two[run_id][1]
         assert one[run_id][2]["world_size"] == 1 and two[run_id][2]["world_size"] == 2
         assert two[run_id][2]["feature_storage"] == ("memory" if memory == "4" else "streamed")
-    assert done.stdout.count("synthetic5i · practical") == 1  # only rank 0 prints the leaderboard
+    assert done.stdout.count("synthetic5i, practical protocol") == 1  # only rank 0 prints the leaderboard

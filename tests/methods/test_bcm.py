@@ -1,9 +1,11 @@
 """BCM against a scikit-learn pipeline written out by hand (GridSearchCV, brute-force mapping table),
-the ensemble weighting on a toy case, background down-sampling and reproducibility."""
+its CV folds against StratifiedKFold(5) as the official code uses it (gfss-facts §8 item 8), the
+ensemble weighting on a toy case, background down-sampling and reproducibility."""
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -68,17 +70,24 @@ def softmax_decision(d):
 
 
 def ap_scorer(estimator, x, y):
+    """Mean one-vs-rest AP over the classes of the validation fold that the model knows."""
     probs = softmax_decision(estimator.decision_function(x))
     cls = list(estimator.classes_)
-    return np.mean([average_precision_score(y == c, probs[:, cls.index(c)]) for c in np.unique(y)])
+    return np.mean([average_precision_score(y == c, probs[:, cls.index(c)]) for c in np.unique(y) if c in cls])
+
+
+def official_splits(y):
+    """5, as the official code; where StratifiedKFold(5) raises (every class below 5), the largest count."""
+    counts = np.bincount(y)[np.unique(y)]
+    return 5 if (counts >= 5).any() else int(counts.max())
 
 
 def ref_fit(x, y, grid):
-    splits = min(5, np.bincount(y)[np.unique(y)].min())
+    splits = official_splits(y)
     search = GridSearchCV(LogisticRegression(max_iter=100, tol=1e-4), {"C": list(grid)}, scoring=ap_scorer,
                           cv=StratifiedKFold(splits, shuffle=False), refit=True)
     search.fit(x, y)
-    return search.best_params_["C"], search.best_estimator_, splits
+    return search.best_params_["C"], search.best_estimator_, int(np.bincount(y)[np.unique(y)].min())
 
 
 def ref_bcm(task, beta=0.5):
@@ -112,12 +121,12 @@ def ref_bcm(task, beta=0.5):
             x, y = np.array(xs), np.array(ys)
             if len(np.unique(y)) < 2:
                 continue
-            C, model, splits = ref_fit(x, y, grid)
-            models.append((shot, C, model, splits, float(shots) if shot is None and shots > 1 else 1.0))
+            C, model, smallest = ref_fit(x, y, grid)
+            models.append((shot, C, model, smallest, float(shots) if shot is None and shots > 1 else 1.0))
         heads[k] = models
         acc = np.zeros((xq.shape[0], len(novel) + 1))
         tot = np.zeros(len(novel) + 1)
-        for shot, C, model, splits, weight in models:
+        for shot, C, model, smallest, weight in models:
             acc[:, model.classes_] += weight * softmax_decision(model.decision_function(xq))
             tot[model.classes_] += weight
         q = torch.from_numpy(acc / tot).view(qf.shape[0], h, w, -1).permute(0, 3, 1, 2)
@@ -127,6 +136,7 @@ def ref_bcm(task, beta=0.5):
     return table, heads, pred
 
 
+@pytest.mark.filterwarnings("ignore:The least populated class")  # GridSearchCV's StratifiedKFold(5), as official
 @pytest.mark.parametrize("shots,seed", [(1, 0), (2, 2)])
 def test_matches_hand_written_sklearn_pipeline(shots, seed):
     task = task_for(shots, seed)
@@ -134,17 +144,18 @@ def test_matches_hand_written_sklearn_pipeline(shots, seed):
     table, heads, pred = ref_bcm(task)
     assert fitted.table == {k: tuple(v) for k, v in table.items()}
     assert sorted(len(v) for v in table.values()) == [1, 2]  # a binary and a multinomial head
-    used_full_cv = False
+    smallest_classes = []
     for entry in fitted.entries:
         ref = heads[entry.k]
         assert [h.shot for h in entry.heads] == [r[0] for r in ref]
-        for head, (shot, C, model, splits, weight) in zip(entry.heads, ref):
+        for head, (shot, C, model, smallest, weight) in zip(entry.heads, ref):
             assert head.C == pytest.approx(C) and head.weight == weight
             assert head.classes == tuple(model.classes_)
             coef = model.coef_ if len(model.classes_) > 2 else np.concatenate([-model.coef_, model.coef_])
             assert np.allclose(head.coef, coef, atol=1e-6)
-            used_full_cv |= splits == 5
-    assert used_full_cv
+            smallest_classes.append(smallest)
+    assert max(smallest_classes) >= 5
+    assert shots == 1 or min(smallest_classes) < 5  # 2 shots: a head CV'd with a class below 5 pixels
     probs = build_method("bcm", bg_sampling=False).predict(task)
     assert probs.shape == (3, task.num_classes, 32, 32)
     assert torch.equal(probs.argmax(1), pred)
@@ -233,17 +244,62 @@ def test_reproducible_from_the_seed():
                for ha, hb in zip(ea.heads, eb.heads))  # without sampling the seed is irrelevant
 
 
-def test_single_pixel_class_skips_cv_and_uses_middle_c():
-    method = build_method("bcm")
-    x = np.random.default_rng(0).random((30, 3))
-    y = np.zeros(30, dtype=int)
-    y[4] = 1
+def brute_force_cv(x, y, grid, splits):
+    """gfss-facts §8 items 4 and 8 (no down-sampling): StratifiedKFold(splits), no shuffle; per C, the mean
+    over folds of the mean AP over the validation classes the fold's model saw; folds whose training part
+    holds one class cannot be fitted and are not counted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the least populated class ..." (official: warns, proceeds)
+        folds = list(StratifiedKFold(n_splits=splits).split(x, y))
+    scores = []
+    for C in grid:
+        per_fold = []
+        for train, test in folds:
+            if len(set(y[train].tolist())) < 2:
+                continue
+            model = LogisticRegression(C=C, max_iter=100, tol=1e-4).fit(x[train], y[train])
+            per_fold.append(ap_scorer(model, x[test], y[test]))
+        scores.append(np.mean(per_fold))
+    return np.array(scores)
+
+
+def cv_problem(counts, seed=0):
+    """Pixels of classes 0..len(counts)-1 with the given counts, in shuffled order, class c shifted by c."""
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.repeat(np.arange(len(counts)), counts))
+    return rng.random((y.size, 4)) + 0.4 * y[:, None] * rng.random(4), y
+
+
+@pytest.mark.parametrize("counts", [(60, 3, 20), (60, 1, 20), (40, 4), (40, 1)])
+def test_cv_keeps_five_folds_when_a_class_has_fewer_pixels(counts):
+    x, y = cv_problem(counts)
+    method = build_method("bcm", bg_sampling=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing reaches the user
+        C, scores = method.choose_c(x, y, [0, 0, 0])
+    grid = np.logspace(-5, 5, 10)
+    expected = brute_force_cv(x, y, grid, 5)
+    assert np.allclose(scores, expected, atol=1e-9)
+    assert C == grid[int(np.argmax(expected))]
+    # not vacuous: as many folds as the smallest class (the former rule) would score differently
+    if min(counts) > 1:
+        assert not np.allclose(scores, brute_force_cv(x, y, grid, min(counts)), atol=1e-6)
+
+
+def test_cv_falls_back_only_where_stratified_kfold_raises():
+    x, y = cv_problem((4, 3))
+    with pytest.raises(ValueError):
+        list(StratifiedKFold(n_splits=5).split(x, y))
+    method = build_method("bcm", bg_sampling=False)
     C, scores = method.choose_c(x, y, [0, 0, 0])
-    assert C == pytest.approx(np.logspace(-5, 5, 10)[4]) and scores is None
-    y[5] = 1
-    y[6] = 1  # three pixels: 3-fold CV
-    C, scores = method.choose_c(x, y, [0, 0, 0])
-    assert scores.shape == (10,) and C == np.logspace(-5, 5, 10)[int(np.argmax(scores))]
+    grid = np.logspace(-5, 5, 10)
+    assert np.allclose(scores, brute_force_cv(x, y, grid, 4), atol=1e-9)  # the largest class count
+    C, scores = method.choose_c(x[:2], np.array([0, 1]), [0, 0, 0])
+    assert C == pytest.approx(grid[4]) and scores is None  # one pixel per class: no CV, the middle C
+
+
+def test_version_is_bumped_for_the_official_cv():
+    assert build_method("bcm").version == 2
 
 
 def test_ensemble_off_and_one_shot_fit_a_single_model():

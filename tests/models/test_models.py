@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from gfss_bench.benchmark import synthetic
-from gfss_bench.benchmark.transforms import resize_and_pad_uint8
 from gfss_bench.models import zoo
 from gfss_bench.models.segmenter import Segmenter
 from gfss_bench.models.small_pspnet import build_small_pspnet
-from gfss_bench.models.training import TrainConfig, train_on_arrays
+from gfss_bench.models.training import TrainConfig, resize_and_pad_for_training, train_on_arrays
 from gfss_bench.protocols import get_benchmark, get_protocol
 
 COMBINATIONS = [(b, f, p) for b, folds in (("synthetic5i", 4), ("synthetic10i", 2))
@@ -44,7 +43,7 @@ def _tiny_training_set(count=8, size=97):
     images, labels = [], []
     for index in range(count):
         image, label = synthetic.generate_sample("train", index)
-        image, label = resize_and_pad_uint8(image, label, size)
+        image, label = resize_and_pad_for_training(image, label, size)
         images.append(image)
         labels.append(lut[label])
     return np.stack(images), np.stack(labels)
@@ -154,8 +153,6 @@ def test_shipped_weights_reproduce_their_manifest_miou():
 
 
 def test_train_and_cache_copies_weights_and_manifest_to_out(monkeypatch, tmp_path):
-    from gfss_bench.models.training import train_and_cache
-
     def fake_train_and_save(benchmark_name, fold, protocol_name, **kwargs):
         path = tmp_path / "cache" / "abc.pt"
         zoo.save_segmenter(build_small_pspnet(16), path, "abc")
@@ -163,7 +160,7 @@ def test_train_and_cache_copies_weights_and_manifest_to_out(monkeypatch, tmp_pat
         return path
 
     monkeypatch.setattr(zoo, "train_and_save", fake_train_and_save)
-    info = train_and_cache("synthetic5i", 0, "practical", out=tmp_path / "out" / "model")
+    info = zoo.train_and_cache("synthetic5i", 0, "practical", out=tmp_path / "out" / "model")
     assert info["base_miou"] == 0.61 and info["path"] == tmp_path / "out" / "model.pt"
     assert zoo.load_segmenter(info["path"])[1] == "abc"
     assert json.loads((tmp_path / "out" / "model.json").read_text())["config_hash"] == "abc"

@@ -121,8 +121,9 @@ def test_run_with_checkpoint_folder(tmp_path):
                                        "--out", str(tmp_path / "trained")])
     assert trained.exit_code == 0, trained.output
     assert "shipped weights of this config" in trained.output
-    written = tmp_path / "trained" / f"{zoo.weights_name('synthetic5i', 0, 'practical')}.pt"
-    assert written.read_bytes() == (zoo.WEIGHTS_DIR / written.name).read_bytes()
+    written = tmp_path / "trained" / "synthetic5i-practical" / "fold0.pt"
+    shipped = zoo.WEIGHTS_DIR / f"{zoo.weights_name('synthetic5i', 0, 'practical')}.pt"
+    assert written.read_bytes() == shipped.read_bytes()
     ckpt = tmp_path / "model_ckpt" / "synthetic" / "split0" / "small" / "best.pth"
     ckpt.parent.mkdir(parents=True)
     shutil.copy(written, ckpt)
@@ -160,16 +161,20 @@ def test_run_with_pspnet_checkpoint_file(reference, tmp_path):
 def test_a_checkpoint_trained_for_another_fold_is_refused(reference, tmp_path):
     """`gfss-bench train` files carry the novel classes they were trained without; another fold's are refused."""
     from gfss_bench.benchmark.runner import RunSpec
-    from gfss_bench.models.checkpoints import CheckpointSegmenterLoader
+    from gfss_bench.models.families import SegmenterContext, SegmenterLoader
+    from gfss_bench.protocols import get_benchmark
 
     model, _, _ = reference
-    loader = CheckpointSegmenterLoader()
+    loader = SegmenterLoader()
+    context = SegmenterContext(get_benchmark("synthetic5i"), 0, "practical", torch.device("cpu"))
     for fold, novel in ((1, [6, 7, 8, 9, 10]), (0, [1, 2, 3, 4, 5])):
         path = tmp_path / f"trained-fold{fold}.pth"
         torch.save({"state_dict": model.state_dict(),
                     "gfss_bench": {"benchmark": "synthetic5i", "fold": fold, "protocol": "practical",
                                    "novel_classes": novel}}, path)
-        spec = RunSpec.create("base", "synthetic5i", 0, "practical", 1, segmenter=loader.register(path))
+        segmenter_id = loader.add("pspnet", str(path), context)
+        assert segmenter_id.startswith("checkpoint:")  # the ids of --checkpoint results stay as they were
+        spec = RunSpec.create("base", "synthetic5i", 0, "practical", 1, segmenter=segmenter_id)
         if fold == 1:
             with pytest.raises(GFSSError, match=r"trained by `gfss-bench train` for synthetic5i fold 1 .* not for "
                                                 r"synthetic5i fold 0"):

@@ -254,8 +254,9 @@ def test_train_command_on_a_real_benchmark_layout(tmp_path):
             "--data-root", str(tmp_path / "voc"), "--out", str(tmp_path / "ckpt")]
     refused = CliRunner().invoke(cli, base)
     assert isinstance(refused.exception, GFSSError) and "--backbone-weights FILE" in str(refused.exception)
-    small = CliRunner().invoke(cli, base + ["--arch", "small"])
-    assert isinstance(small.exception, GFSSError) and "--arch pspnet-resnet50" in str(small.exception)
+    small = CliRunner().invoke(cli, base + ["--arch", "small", "--backbone-weights", "none"])
+    assert isinstance(small.exception, GFSSError) and "--backbone-weights: only for --arch pspnet-resnet50" in str(
+        small.exception)
     result = CliRunner().invoke(cli, base + ["--backbone-weights", str(tmp_path / "resnet50.pth"), "--steps", "1",
                                              "--batch-size", "2", "--crop-size", "33"])
     assert result.exit_code == 0, result.output

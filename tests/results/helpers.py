@@ -36,14 +36,16 @@ def confusion_for(percents: list) -> np.ndarray:
 
 def make_result(method, fold, base, novel, *, runs=5, overrides=None, options=None, benchmark="synthetic5i",
                 shot=1, protocol="practical", convention="diam", seed=2023, segmenter="builtin", oracle=False,
-                provenance=None, supports=None):
+                provenance=None, supports=None, spec_extra=None, extra=None):
+    """A result as the runner writes it; `spec_extra` adds spec fields (versions), `extra` top-level ones
+    (e.g. method_label, benchmark_info). Without them it has the layout of results stored before those."""
     bench = BENCHMARKS.get(benchmark)
     num_base, num_novel = len(bench.base_classes(fold)), len(bench.novel_classes(fold))
     base, novel = _per_run(base, runs), _per_run(novel, runs)
     overrides = overrides or {}
     spec = {"method": method, "method_options": dict(options or {}), "benchmark": benchmark, "fold": fold,
             "protocol": protocol, "shot": shot, "runs": runs, "seed": seed, "convention": convention,
-            "segmenter": segmenter, "device": "cpu"}
+            "segmenter": segmenter, "device": "cpu", **(spec_extra or {})}
     run_records = []
     for r in range(runs):
         percents = [base[r]] * num_base + [novel[r]] * num_novel
@@ -68,7 +70,10 @@ def make_result(method, fold, base, novel, *, runs=5, overrides=None, options=No
             "convention_description": CONVENTIONS[convention],
             "class_ids": list(bench.episode_classes(fold)), "class_names": list(bench.episode_class_names(fold)),
             "num_base": num_base, "num_novel": num_novel, "runs": run_records, "aggregate": aggregate,
-            "provenance": dict(provenance or PROVENANCE)}
+            "provenance": dict(provenance or PROVENANCE), **(extra or {})}
+
+
+CURRENT = {"protocol_version": 2, "method_version": 1, "episodes": "diam"}
 
 
 def two_methods(**kwargs):

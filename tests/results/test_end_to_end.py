@@ -72,3 +72,21 @@ def test_every_plot(results_dir, tmp_path):
     pngs = sorted(tmp_path.glob("*.png"))
     assert len(pngs) >= 3
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_runner_results_describe_themselves(results_dir):
+    from gfss_bench.protocols import get_benchmark
+    from gfss_bench.results.store import SCHEMA_VERSION
+
+    results, problems = ResultStore(results_dir).load_all()
+    assert problems == [] and len(results) == len(METHODS) * len(FOLDS)
+    bench = get_benchmark("synthetic5i")
+    for result in results:
+        assert result["schema_version"] == SCHEMA_VERSION == 3
+        assert result["segmenter_label"] == result["spec"]["segmenter"] == "builtin"
+        assert result["method_label"] == result["spec"]["method"]          # default options: the bare name
+        info = result["benchmark_info"]
+        assert info["name"] == "synthetic5i" and info["num_folds"] == 4
+        assert info["class_names"] == list(bench.class_names)
+        assert info["fold_novel_classes"][result["spec"]["fold"]] == list(bench.novel_classes(result["spec"]["fold"]))
+        assert result["spec"]["protocol_version"] >= 2 and "method_version" in result["spec"]

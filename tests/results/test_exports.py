@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from gfss_bench.cli import cli
 from gfss_bench.results import exports
+from gfss_bench.results.board import Leaderboard
 from gfss_bench.results.store import ResultStore
 
 from .helpers import make_result, two_methods
@@ -53,7 +54,7 @@ def test_tidy_and_aggregated_csv(tmp_path):
 
 
 def test_latex_booktabs_bold_std_and_escaping():
-    text = exports.latex(nasty_results(), std=True)
+    text = exports.latex(Leaderboard.build(nasty_results()), std=True)
     assert text.count(r"\begin{table}") == 1 and r"\toprule" in text and r"\bottomrule" in text
     rows = [line for line in text.splitlines() if line.endswith(r"\\") and not line.startswith("Method")]
     assert len(rows) == 3
@@ -68,11 +69,11 @@ def test_latex_booktabs_bold_std_and_escaping():
     body = text.split(r"\midrule", 1)[1]
     stripped = re.sub(r"\\[a-zA-Z]+|\\[&%$#_{}\\,]|\$\^|\$\\pm\$|\$", "", body)
     assert not re.search(r"[%#_~^]", stripped)           # nothing special left unescaped
-    assert r"\pm" not in exports.latex(nasty_results(), std=False)
+    assert r"\pm" not in exports.latex(Leaderboard.build(nasty_results()), std=False)
 
 
 def test_markdown_tables_parse_back():
-    text = exports.markdown(nasty_results(), std=True)
+    text = exports.markdown(Leaderboard.build(nasty_results()), std=True)
     lines = [line for line in text.splitlines() if line.startswith("|")]
     header, separator, rows = lines[0], lines[1], lines[2:]
     assert set(separator.replace("|", "").replace(":", "").strip()) <= {"-", " "}
@@ -86,7 +87,7 @@ def test_markdown_tables_parse_back():
 
 
 def test_json_export_is_strict_and_complete():
-    data = json.loads(exports.json_export(nasty_results()))
+    data = json.loads(exports.json_export(Leaderboard.build(nasty_results()), nasty_results()))
     assert len(data["groups"]) == 1
     rows = {row["method"]: row for row in data["groups"][0]["rows"]}
     assert rows["diam"]["base_miou"] == pytest.approx(63.5) and rows["diam"]["complete"] is True

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from gfss_bench.results.board import Leaderboard
 from gfss_bench.results.html import html_page
 from gfss_bench.results.published import published_rows
 
@@ -36,7 +37,7 @@ def page_results():
 
 
 def test_page_is_self_contained_escaped_and_has_provenance():
-    page = html_page(page_results(), published=published_rows())
+    page = html_page(Leaderboard.build(page_results(), published=published_rows()))
     assert page.startswith("<!DOCTYPE html>")
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)     # no network fetches
     assert "<link" not in page and "@import" not in page and "url(" not in page
@@ -64,7 +65,7 @@ def _browser_or_skip():
 def test_page_in_headless_chromium(tmp_path):
     sync_playwright = _browser_or_skip()
     path = tmp_path / "leaderboard.html"
-    path.write_text(html_page(page_results()), encoding="utf-8")
+    path.write_text(html_page(Leaderboard.build(page_results())), encoding="utf-8")
     errors, requests = [], []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)

@@ -14,15 +14,16 @@ from matplotlib.image import AxesImage
 from gfss_bench.cli import cli
 from gfss_bench.results.plots import (OKABE_ITO, bars_figure, class_heatmap_figure, make_figures, shots_figure,
                                       tradeoff_figure)
-from gfss_bench.results.report import leaderboard, per_class_frame
+from gfss_bench.results.board import Leaderboard
+from gfss_bench.results.report import per_class_frame
 from gfss_bench.results.store import ResultStore
 
 from .helpers import make_result, two_methods
 
 
 def test_grouped_bars_three_per_method_with_values():
-    board = leaderboard(two_methods())
-    ax = bars_figure(board).axes[0]
+    group = Leaderboard.build(two_methods()).groups[0]
+    ax = bars_figure(group).axes[0]
     containers = [c for c in ax.containers if isinstance(c, BarContainer)]
     assert len(containers) == 3 and all(len(c) == 2 for c in containers)   # base/novel/HM x 2 methods
     heights = {c.get_label(): [p.get_height() for p in c] for c in containers}
@@ -34,8 +35,8 @@ def test_grouped_bars_three_per_method_with_values():
 
 def test_novel_vs_shots_one_point_per_shot():
     results = two_methods() + two_methods(shot=5)
-    board = leaderboard(results)
-    ax = shots_figure(board).axes[0]
+    board = Leaderboard.build(results)
+    ax = shots_figure(board.groups).axes[0]
     series = {c.get_label(): c.lines[0] for c in ax.containers if isinstance(c, ErrorbarContainer)}
     assert sorted(series) == ["diam", "imprint"]
     assert list(series["diam"].get_xdata()) == [1, 5]
@@ -44,8 +45,8 @@ def test_novel_vs_shots_one_point_per_shot():
 
 
 def test_tradeoff_points_and_iso_hm_curves():
-    board = leaderboard(two_methods())
-    ax = tradeoff_figure(board, iso_hm=(20, 40, 60)).axes[0]
+    group = Leaderboard.build(two_methods()).groups[0]
+    ax = tradeoff_figure(group, iso_hm=(20, 40, 60)).axes[0]
     points = [c for c in ax.collections if isinstance(c, PathCollection)]
     assert len(points) == 2
     offsets = {c.get_label(): tuple(c.get_offsets()[0]) for c in points}

@@ -3,7 +3,10 @@ import io
 import pandas as pd
 import pytest
 
-from gfss_bench.results.report import leaderboard, method_label, to_csv
+from gfss_bench.results.board import Leaderboard
+from gfss_bench.results.describe import method_label
+from gfss_bench.results.exports import aggregated_csv
+from gfss_bench.results.report import leaderboard
 
 
 def fake_result(method, fold, base, novel, options=None, benchmark="synthetic5i", shot=1, convention="diam"):
@@ -11,7 +14,8 @@ def fake_result(method, fold, base, novel, options=None, benchmark="synthetic5i"
             "protocol": "practical", "shot": shot, "runs": 5, "seed": 2023, "convention": convention,
             "segmenter": "builtin", "device": "cpu"}
     aggregate = {"base": {"mean": base, "std": 0.01}, "novel": {"mean": novel, "std": 0.02}}
-    return {"run_id": f"{method}{fold}{shot}{convention}", "spec": spec, "aggregate": aggregate, "oracle": False}
+    return {"run_id": f"{method}{fold}{shot}{convention}", "spec": spec, "aggregate": aggregate, "oracle": False,
+            "num_base": 15, "num_novel": 5}  # a schema-1 result: its fold count is inferred from these
 
 
 def test_fold_means_hm_and_incomplete_rows():
@@ -37,8 +41,8 @@ def test_conventions_and_shots_never_share_a_group():
 
 
 def test_csv_columns_and_percent():
-    board = leaderboard([fake_result("base", f, 0.7, 0.0) for f in range(4)])
-    frame = pd.read_csv(io.StringIO(to_csv(board)))
+    board = Leaderboard.build([fake_result("base", f, 0.7, 0.0) for f in range(4)])
+    frame = pd.read_csv(io.StringIO(aggregated_csv(board)))
     for column in ("method", "benchmark", "protocol", "shot", "folds", "base_miou", "novel_miou", "mean_miou",
                    "hm_miou"):
         assert column in frame.columns

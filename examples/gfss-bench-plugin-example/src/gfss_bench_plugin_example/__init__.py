@@ -1,0 +1,1 @@
+"""Example gfss-bench plugin: the `nearest-prototype` method and the `pooled` segmenter family."""

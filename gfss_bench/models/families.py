@@ -1,0 +1,235 @@
+"""Segmenter families: how a base segmenter is built from a reference, for one benchmark fold and protocol.
+
+`run --segmenter FAMILY:REF` names a family and a reference (usually a checkpoint file, or a folder with one
+per fold). For each fold the family *resolves* the reference to a segmenter id, stored as the run spec's
+`segmenter` and so part of the run id: it must change whenever the weights do (e.g. `family:<sha256 prefix of
+the file>`). When the runner needs the segmenter, `SegmenterLoader` asks the family to *build* it: a
+`Segmenter` (features + 1x1 classifier over background + base) in eval mode on the run's device.
+
+The per-fold ids differ between the folds of a folder, so reports do not group by them: the family also *labels*
+the user's choice (`pspnet:/abs/model_ckpt`), stored as the result's `segmenter_label`, one leaderboard row for
+all the folds of that choice.
+
+Built in: `builtin` (the small networks shipped for the synthetic benchmarks; spec id `builtin`), `pspnet`
+(PSPNet-ResNet50 checkpoints of DIaM/BAM or `gfss-bench train` files; what `--checkpoint PATH` uses, spec id
+`checkpoint:<sha>`) and `torchvision` (torchvision's DeepLabV3/FCN models, `torchvision:ARCH=PATH`).
+Plugins add families through the `gfss_bench.segmenters` entry-point group (see gfss_bench.plugins).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from gfss_bench.errors import GFSSError
+from gfss_bench.models.segmenter import Segmenter
+from gfss_bench.protocols import Benchmark, get_benchmark
+from gfss_bench.registry import Registry
+
+BUILTIN = "builtin"  # RunSpec.segmenter of the built-in segmenters (and the default)
+
+
+@dataclass(frozen=True)
+class SegmenterContext:
+    """What a family may use besides its reference: the benchmark, fold, protocol and device of the run."""
+
+    benchmark: Benchmark
+    fold: int
+    protocol: str
+    device: torch.device
+
+    @property
+    def num_outputs(self) -> int:
+        """B + 1: the classifier outputs the fold needs (background + its base classes)."""
+        return len(self.benchmark.base_classes(self.fold)) + 1
+
+    def describe(self) -> str:
+        return f"{self.benchmark.name} fold {self.fold} (background + {self.num_outputs - 1} base classes)"
+
+
+class SegmenterFamily:
+    """Base class of segmenter families; register an instance with `register_segmenter_family`."""
+
+    name: str = ""
+    description: str = ""
+
+    def resolve(self, reference: str, context: SegmenterContext) -> tuple[str, str]:
+        """(segmenter id for the run spec, the reference `build` gets) for the context's fold. The default treats
+        the reference as a weights file or a folder with one per fold (`fold_weights`) and names the file by its
+        contents (`family:<sha256 prefix>`)."""
+        path = fold_weights(reference, context, self.name)
+        return weights_id(self.name, path), str(path)
+
+    def label(self, reference: str) -> str:
+        """The name of the user's choice `family:reference` over all folds (results' `segmenter_label`, the
+        row of a report). The default: the reference as an absolute path when it names an existing file or folder
+        (so `ckpt`, `./ckpt` and its absolute path share a row, and two folders both called `ckpt` in different
+        places do not), else as given."""
+        return f"{self.name}:{absolute_reference(reference)}"
+
+    def build(self, reference: str, context: SegmenterContext) -> Segmenter:
+        """The segmenter (eval mode, on `context.device`) for a reference returned by `resolve`. It may carry a
+        `checkpoint_source` dict (path, sha256, ...), which results record as `provenance.segmenter_source`."""
+        raise NotImplementedError
+
+
+def fold_weights(reference: str, context: SegmenterContext, family: str) -> Path:
+    """The weights file of the context's fold: `reference` itself, or in the folder `reference` the file
+    `fold<F>.pth` or DIaM's `<dataset>/split<S>/.../*.pth` (see `find_fold_checkpoint`)."""
+    from gfss_bench.models.checkpoints import find_fold_checkpoint
+
+    if not reference:
+        raise GFSSError(f"--segmenter {family}: needs a reference, e.g. --segmenter {family}:PATH (a weights file, "
+                        "or a folder holding fold<F>.pth)")
+    return find_fold_checkpoint(reference, context.fold, context.benchmark.dataset,
+                                context.benchmark.official_split(context.fold), option=f"--segmenter {family}:")
+
+
+def absolute_reference(reference: str) -> str:
+    """`reference` as an absolute path (user home expanded, links resolved) when it names an existing file or
+    folder, else unchanged."""
+    path = Path(reference).expanduser()
+    return str(path.resolve()) if reference and path.exists() else reference
+
+
+def weights_id(family: str, path: Path) -> str:
+    """`family:<first 16 hex digits of the file's sha256>`: a segmenter id that follows the file's contents."""
+    from gfss_bench.models.checkpoints import file_sha256
+
+    return f"{family}:{file_sha256(path)[:16]}"
+
+
+def check_outputs(segmenter: Segmenter, context: SegmenterContext, what: str) -> None:
+    """A GFSSError naming `what` when the segmenter's classifier does not have the fold's B+1 outputs."""
+    if segmenter.num_outputs != context.num_outputs:
+        raise GFSSError(f"{what} has {segmenter.num_outputs} classifier outputs (background + "
+                        f"{segmenter.num_outputs - 1} base classes) but {context.describe()} needs "
+                        f"{context.num_outputs}; use the weights trained for that benchmark and fold")
+
+
+SEGMENTER_FAMILIES: Registry[SegmenterFamily] = Registry("segmenter family")
+
+
+def register_segmenter_family(name: str):
+    """Class decorator: register an instance of a SegmenterFamily subclass under `name`."""
+
+    def decorator(cls: type[SegmenterFamily]) -> type[SegmenterFamily]:
+        cls.name = name
+        SEGMENTER_FAMILIES.add(name, cls())
+        return cls
+
+    return decorator
+
+
+def parse_segmenter(text: str) -> tuple[str, str]:
+    """`FAMILY:REF` (or a bare `FAMILY`) -> (family name, reference); the family must be registered."""
+    family, _, reference = text.partition(":")
+    try:
+        SEGMENTER_FAMILIES.get(family)
+    except GFSSError as error:
+        raise GFSSError(f"--segmenter {text!r}: {error} (written FAMILY:REF)") from None
+    return family, reference
+
+
+class SegmenterLoader:
+    """The `segmenter_loader` of runner.execute: builds each spec's segmenter through its family.
+
+    `builtin` needs nothing; any other segmenter id must first be registered with `add`, which resolves a family
+    reference for one fold (the CLI does it for --segmenter and --checkpoint).
+    """
+
+    def __init__(self) -> None:
+        self.references: dict[str, tuple[str, str]] = {}
+        self.labels: dict[str, str] = {BUILTIN: BUILTIN}
+
+    def add(self, family: str, reference: str, context: SegmenterContext, chosen: Optional[str] = None) -> str:
+        """Resolve `family:reference` for the context's fold; returns the segmenter id for the run spec. `chosen`
+        is the reference the user gave when the caller already resolved it to the fold's file (default:
+        `reference`); it names the segmenter in results (`SegmenterFamily.label`)."""
+        family_object = SEGMENTER_FAMILIES.get(family)
+        segmenter_id, resolved = family_object.resolve(reference, context)
+        self.references.setdefault(segmenter_id, (family, resolved))
+        self.labels.setdefault(segmenter_id, family_object.label(reference if chosen is None else chosen))
+        return segmenter_id
+
+    def __call__(self, spec, device: torch.device) -> Segmenter:
+        context = SegmenterContext(get_benchmark(spec.benchmark), spec.fold, spec.protocol, torch.device(device))
+        if spec.segmenter == BUILTIN:
+            family, reference = BUILTIN, ""
+        elif spec.segmenter in self.references:
+            family, reference = self.references[spec.segmenter]
+        else:
+            raise GFSSError(f"segmenter {spec.segmenter!r} of this run spec is not available: pass the weights it "
+                            "names with --segmenter FAMILY:REF (or --checkpoint)")
+        segmenter = SEGMENTER_FAMILIES.get(family).build(reference, context)
+        segmenter.segmenter_label = self.labels[spec.segmenter]  # read by the runner into the results
+        return segmenter
+
+
+@register_segmenter_family(BUILTIN)
+class BuiltinFamily(SegmenterFamily):
+    description = "the small networks shipped for the synthetic benchmarks (trained and cached when outdated)"
+
+    def resolve(self, reference: str, context: SegmenterContext) -> tuple[str, str]:
+        if reference:
+            raise GFSSError(f"--segmenter builtin takes no reference, got {reference!r}")
+        return BUILTIN, ""
+
+    def label(self, reference: str) -> str:
+        return BUILTIN
+
+    def build(self, reference: str, context: SegmenterContext) -> Segmenter:
+        from gfss_bench.models.zoo import builtin_segmenter
+
+        return builtin_segmenter(context.benchmark.name, context.fold, context.protocol, device=context.device)
+
+
+@register_segmenter_family("pspnet")
+class PSPNetFamily(SegmenterFamily):
+    description = ("PSPNet-ResNet50 checkpoints (DIaM's, BAM's or `gfss-bench train` files): PATH is a file or a "
+                   "folder with fold<F>.pth or DIaM's model_ckpt layout; --checkpoint PATH is pspnet:PATH")
+
+    def resolve(self, reference: str, context: SegmenterContext) -> tuple[str, str]:
+        from gfss_bench.models.checkpoints import checkpoint_segmenter_id
+
+        path = fold_weights(reference, context, self.name)
+        return checkpoint_segmenter_id(path), str(path)  # `checkpoint:<sha>`, the ids of --checkpoint results
+
+    def build(self, reference: str, context: SegmenterContext) -> Segmenter:
+        from gfss_bench.models.checkpoints import load_fold_checkpoint
+
+        return load_fold_checkpoint(Path(reference), context.benchmark, context.fold, context.device)
+
+
+@register_segmenter_family("torchvision")
+class TorchvisionFamily(SegmenterFamily):
+    description = ("torchvision DeepLabV3/FCN weights (a state dict; built with weights=None): ARCH=PATH, ARCH one "
+                   "of deeplabv3_resnet50, deeplabv3_resnet101, deeplabv3_mobilenet_v3_large, fcn_resnet50, "
+                   "fcn_resnet101; features: the input of the head's last 1x1 conv")
+
+    def resolve(self, reference: str, context: SegmenterContext) -> tuple[str, str]:
+        from gfss_bench.models.torchvision_segmenters import check_architecture
+
+        architecture, _, path = reference.partition("=")
+        check_architecture(architecture, f"--segmenter torchvision:{reference}")
+        weights = fold_weights(path, context, self.name)
+        return weights_id(f"{self.name}:{architecture}", weights), f"{architecture}={weights}"
+
+    def label(self, reference: str) -> str:
+        architecture, _, path = reference.partition("=")
+        return f"{self.name}:{architecture}={absolute_reference(path)}"
+
+    def build(self, reference: str, context: SegmenterContext) -> Segmenter:
+        from gfss_bench.models.checkpoints import file_sha256
+        from gfss_bench.models.torchvision_segmenters import load_torchvision_segmenter
+
+        architecture, _, path = reference.partition("=")
+        segmenter = load_torchvision_segmenter(architecture, Path(path), device=context.device)
+        check_outputs(segmenter, context, f"torchvision weights {path}")
+        segmenter.checkpoint_source = {"family": self.name, "architecture": architecture,
+                                       "path": str(Path(path).resolve()), "sha256": file_sha256(Path(path))}
+        return segmenter
+
