@@ -46,7 +46,16 @@ METRIC_NAMES = {"base": "base_miou", "novel": "novel_miou", "mean": "mean_miou",
 METRIC_TITLES = {"base_miou": "base", "novel_miou": "novel", "mean_miou": "mean", "hm_miou": "HM",
                  "total_miou": "total"}
 VERSION_COLUMNS = ["protocol_version", "method_version", "episodes"]
-SETTING_COLUMNS = ["method", "method_name", "segmenter", "runs", "seed", "oracle"] + VERSION_COLUMNS
+SETTING_COLUMNS = ["method", "method_name", "segmenter", "runs", "seed", "oracle", "evaluation"] + VERSION_COLUMNS
+
+
+def evaluation_setting(spec: dict) -> str:
+    """The evaluation settings and feature precision of a spec as one sorted 'key=value,...' string: results that
+    differ in it (another --queries, --image-size, --feature-precision, ...) never share a row."""
+    settings = dict(spec.get("evaluation") or {})
+    settings.update(feature_precision=spec.get("feature_precision", "fp32"),
+                    feature_cache=spec.get("feature_cache", False))
+    return ",".join(f"{key}={settings[key]}" for key in sorted(settings))
 
 
 def _setting(result: dict) -> dict:
@@ -54,7 +63,8 @@ def _setting(result: dict) -> dict:
     versions."""
     spec = result["spec"]
     return {"method": result_label(result), "method_name": spec["method"], "segmenter": segmenter_label(result),
-            "runs": spec["runs"], "seed": spec["seed"], "oracle": bool(result.get("oracle")), **versions(result)}
+            "runs": spec["runs"], "seed": spec["seed"], "oracle": bool(result.get("oracle")),
+            "evaluation": evaluation_setting(spec), **versions(result)}
 
 
 def filter_results(results: Iterable[dict], benchmarks: Sequence[str] = (), protocols: Sequence[str] = (),
@@ -218,7 +228,8 @@ def row_marks(frame: pd.DataFrame) -> tuple[list[str], list[bool]]:
     The label is the method label plus ' [oracle]', ' @SEGMENTER' (other than the built-in), ' [protocol vN]'
     when N is older than the newest protocol version in the frame, ' [method vN]' when the frame holds
     several versions of that method, and ' [episodes=X]' when the rows of the newest protocol version use
-    several episode samplers. A row of an older protocol or method version is 'older': never bold."""
+    several episode samplers, and ' [setting=value,...]' for the evaluation settings that differ among the rows of
+    its table. A row of an older protocol or method version is 'older': never bold."""
     if frame.empty:
         return [], []
     newest_protocol = frame["protocol_version"].max()
@@ -226,6 +237,7 @@ def row_marks(frame: pd.DataFrame) -> tuple[list[str], list[bool]]:
     method_versions = frame.groupby("method_name")["method_version"].nunique()
     current = frame[frame["protocol_version"] == newest_protocol]
     several_samplers = current["episodes"].nunique() > 1
+    differing = {key: _differing_settings(group["evaluation"]) for key, group in frame.groupby(GROUP_COLUMNS)}
     labels, older = [], []
     for _, row in frame.iterrows():
         label = str(row["method"]) + (" [oracle]" if row["oracle"] else "")
@@ -237,10 +249,23 @@ def row_marks(frame: pd.DataFrame) -> tuple[list[str], list[bool]]:
             label += f" [protocol v{row['protocol_version']}]"
         elif several_samplers:
             label += f" [episodes={row['episodes']}]"
+        shown = differing[tuple(row[column] for column in GROUP_COLUMNS)]
+        if shown:
+            label += " [" + ",".join(item for item in row["evaluation"].split(",") if item.split("=")[0] in shown) + "]"
         labels.append(label)
         older.append(bool(row["protocol_version"] < newest_protocol
                           or row["method_version"] < newest_method[row["method_name"]]))
     return labels, older
+
+
+def _differing_settings(settings: pd.Series) -> set[str]:
+    """The evaluation setting names whose values differ among the rows (shown in their labels)."""
+    values: dict[str, set[str]] = {}
+    for setting in settings:
+        for item in setting.split(","):
+            key, _, value = item.partition("=")
+            values.setdefault(key, set()).add(value)
+    return {key for key, seen in values.items() if len(seen) > 1}
 
 
 def _is_nan(value) -> bool:

@@ -195,6 +195,26 @@ def test_older_protocol_and_method_versions_never_share_a_row(tmp_path):
     assert "[method vN]: an older version of the method" in out.output
 
 
+def test_other_evaluation_settings_never_share_a_row():
+    """--queries (and any other evaluation setting) is in the run id; the report keeps such results apart and
+    names the differing setting, only where a table holds several values of it."""
+    evaluation = {"image_size": 97, "min_support_pixels": 887, "max_queries": None, "support_source": "val",
+                  "single_novel_supports": True}
+    results = []
+    for fold in range(4):
+        results.append(make_result("diam", fold, 70, 40, spec_extra=dict(CURRENT, evaluation=evaluation)))
+        results.append(make_result("diam", fold, 50, 20, spec_extra=dict(
+            CURRENT, evaluation=dict(evaluation, max_queries=4))))
+        results.append(make_result("bcm", fold, 60, 30, shot=5, spec_extra=dict(CURRENT, evaluation=evaluation)))
+    board = Leaderboard.build(results)
+    one_shot, five_shot = board.groups
+    rows = {row.label: row for row in one_shot.rows}
+    assert set(rows) == {"diam [max_queries=None]", "diam [max_queries=4]"}
+    assert rows["diam [max_queries=4]"].cells["base_miou"].value == pytest.approx(50)  # never averaged together
+    assert not rows["diam [max_queries=4]"].incomplete
+    assert [row.label for row in five_shot.rows] == ["bcm"]  # one setting in its table: no mark
+
+
 def plugin_results():
     """A method that is not registered, on a benchmark that is not registered, with its own description."""
     info = {"name": "tiny-yaml", "description": "6 classes", "num_folds": 2,
