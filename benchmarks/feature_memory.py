@@ -25,7 +25,7 @@ def child(source: str, images: int, size: int, channels: int) -> dict:
     import torch
 
     from gfss_bench.benchmark.datasets import SegmentationList
-    from gfss_bench.benchmark.features import Extractor, StoredFeatures, StreamedFeatures, chunked
+    from gfss_bench.evaluation.features import Extractor, StoredFeatures, StreamedFeatures, chunked
     from gfss_bench.benchmark.synthetic import ensure_synthetic_dataset
 
     torch.set_num_threads(1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from gfss_bench.benchmark.runner import RunSpec, execute
+from gfss_bench.evaluation.runner import RunSpec, execute
 from gfss_bench.results.board import Leaderboard
 from gfss_bench.results.report import leaderboard, print_leaderboard
 from gfss_bench.results.store import ResultStore

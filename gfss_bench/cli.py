@@ -144,8 +144,8 @@ def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, dev
     Under `torchrun --nproc-per-node N -m gfss_bench run ...` the query batches are shared out among the
     processes (one GPU each), the confusion matrices summed, and rank 0 writes the results.
     """
-    from gfss_bench.benchmark import distributed
-    from gfss_bench.benchmark.plan import plan
+    from gfss_bench.evaluation import distributed
+    from gfss_bench.evaluation.plan import plan
     from gfss_bench.results.board import Leaderboard
     from gfss_bench.results.report import print_leaderboard
 
@@ -191,8 +191,8 @@ def episodes(benchmark, data_root, folds, shots, runs, seed, sampler, output_for
     """Print each run's support images per novel class and its number of queries, without loading any model."""
     import json
 
-    from gfss_bench.benchmark.plan import evaluation_overrides
-    from gfss_bench.benchmark.runner import list_episodes
+    from gfss_bench.evaluation.plan import evaluation_overrides
+    from gfss_bench.evaluation.runner import list_episodes
     from gfss_bench.protocols import resolve_benchmark
 
     bench = resolve_option("--benchmark", resolve_benchmark, benchmark)
@@ -230,7 +230,7 @@ def episodes(benchmark, data_root, folds, shots, runs, seed, sampler, output_for
 @click.option("--dry-run", is_flag=True, help="Only list the specs of the grid and whether each is stored.")
 def sweep(config, results_dir, force, dry_run):
     """Evaluate a grid from a YAML file; stored specs are skipped, so rerunning resumes an interrupted sweep."""
-    from gfss_bench.benchmark.sweep import expand, load_config, results_dir_of, run_sweep
+    from gfss_bench.evaluation.sweep import expand, load_config, results_dir_of, run_sweep
     from gfss_bench.results.board import Leaderboard
     from gfss_bench.results.report import print_leaderboard
     from gfss_bench.results.store import ResultStore
@@ -491,7 +491,7 @@ def train(benchmark, folds, protocols, arch, data_root, backbone_weights, seed, 
     import json
     import os
 
-    from gfss_bench.benchmark.runner import resolve_device
+    from gfss_bench.evaluation.runner import resolve_device
     from gfss_bench.protocols import get_protocol, resolve_benchmark
 
     bench = resolve_option("--benchmark", resolve_benchmark, benchmark)

@@ -177,22 +177,22 @@ def test_the_graph_sees_function_level_and_relative_imports(tmp_path):
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert len(graph) > 30 and "gfss_bench.benchmark.runner" in graph  # the real package was read
+    assert len(graph) > 30 and "gfss_bench.evaluation.runner" in graph  # the real package was read
     found = cycles(graph)
     assert not found, "import cycles:\n" + "\n".join(" -> ".join(cycle) for cycle in found)
 
 
 # what results code may not reach: the segmenters, the methods and the evaluation that runs them (the
 # sweep, the plugins and the CLI sit above these, so reaching them would reach these too)
-MODEL_RUNNING = ("gfss_bench.models", "gfss_bench.methods", "gfss_bench.benchmark.runner",
-                 "gfss_bench.benchmark.features", "gfss_bench.benchmark.distributed", "gfss_bench.cli")
+MODEL_RUNNING = ("gfss_bench.models", "gfss_bench.methods", "gfss_bench.evaluation.runner",
+                 "gfss_bench.evaluation.features", "gfss_bench.evaluation.distributed", "gfss_bench.cli")
 
 
 def test_results_run_no_models():
     """gfss_bench.results.* (store, report, export, plot, published) works on stored JSON.
 
     Rule: nothing it imports, directly or through other gfss_bench modules, is in MODEL_RUNNING, and no
-    results module imports torch itself. torch still gets loaded through gfss_bench.benchmark.metrics,
+    results module imports torch itself. torch still gets loaded through gfss_bench.evaluation.metrics,
     which results may use: its IoU arithmetic over stored confusion counts sits beside the runner's torch
     scorer, and it runs no model."""
     graph = import_graph()

@@ -1,1 +1,2 @@
-"""Datasets, episodes, feature extraction, metrics and the runner."""
+"""Data and benchmarks: datasets in the VOC layout, the official preprocessing, episodes, synthetic data,
+preparing and verifying real datasets."""

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from gfss_bench.benchmark.datasets import SegmentationList, open_split
-from gfss_bench.benchmark.features import Extractor, chunked
-from gfss_bench.benchmark.metrics import score_probabilities, scores
+from gfss_bench.evaluation.features import Extractor, chunked
+from gfss_bench.evaluation.metrics import score_probabilities, scores
 from gfss_bench.benchmark.transforms import IGNORE_LABEL, normalize, resized_shape
 from gfss_bench.errors import GFSSError
 from gfss_bench.models.small_pspnet import SmallPSPNet, SmallPSPNetConfig

@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from gfss_bench.benchmark.metrics import harmonic_mean, per_class_iou
+from gfss_bench.evaluation.metrics import harmonic_mean, per_class_iou
 from gfss_bench.results.describe import described, num_folds, result_label, segmenter_label, versions
 
 if TYPE_CHECKING:

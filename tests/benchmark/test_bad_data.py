@@ -10,12 +10,12 @@ from PIL import Image
 
 from gfss_bench.benchmark import runner
 from gfss_bench.benchmark.datasets import SegmentationList
-from gfss_bench.benchmark.runner import RunSpec, execute
+from gfss_bench.evaluation.runner import RunSpec, execute
 from gfss_bench.benchmark.synthetic import ensure_synthetic_dataset
 from gfss_bench.errors import GFSSError
 from gfss_bench.protocols import get_benchmark
 from gfss_bench.results.store import ResultStore
-from tests.benchmark.test_runner import CountingLoader, TinySegmenter
+from tests.evaluation.test_runner import CountingLoader, TinySegmenter
 
 NUM_IMAGES = 80  # the first 80 val images hold a support candidate for every novel class of fold 0
 

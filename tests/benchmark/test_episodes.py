@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from gfss_bench.benchmark.episodes import make_episode, make_episodes, support_candidates
-from gfss_bench.benchmark.runner import RunSpec, list_episodes
+from gfss_bench.evaluation.runner import RunSpec, list_episodes
 from gfss_bench.cli import cli
 from gfss_bench.errors import GFSSError
 from gfss_bench.methods import METHODS

@@ -6,7 +6,7 @@ import pytest
 import torch
 import cv2
 
-from gfss_bench.benchmark.features import _PreparedBatches
+from gfss_bench.evaluation.features import _PreparedBatches
 from gfss_bench.benchmark.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, preprocess, resized_shape
 
 

@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 from torchvision.models import segmentation
 
-from gfss_bench.benchmark.runner import RunSpec
+from gfss_bench.evaluation.runner import RunSpec
 from gfss_bench.cli import cli
 from gfss_bench.errors import GFSSError
 from gfss_bench.models.families import SegmenterContext, SegmenterLoader

@@ -8,10 +8,10 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from gfss_bench.benchmark.runner import RunSpec, execute
+from gfss_bench.evaluation.runner import RunSpec, execute
 from gfss_bench.cli import cli
 from gfss_bench.results.store import ResultStore
-from tests.benchmark.test_runner import CountingLoader
+from tests.evaluation.test_runner import CountingLoader
 
 METHODS = ("base", "imprint")
 FOLDS = range(4)

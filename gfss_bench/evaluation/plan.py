@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from gfss_bench.benchmark.features import FeatureConfig
-from gfss_bench.benchmark.runner import (
+from gfss_bench.evaluation.features import FeatureConfig
+from gfss_bench.evaluation.runner import (
     DEFAULT_RUNS, DEFAULT_SEED, RunSpec, execute, resolve_device)
 from gfss_bench.errors import GFSSError, resolve_option
 

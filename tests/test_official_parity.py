@@ -29,8 +29,9 @@ from tests.models.test_pspnet_checkpoints import _diam_layout, _randomise_batchn
 SIZE = 97  # (S - 1) % 8 == 0; longer sides become 97, then 96 after flooring to a multiple of 8
 MIN_PIXELS = 400  # --min-support-pixels, at the original resolution
 ITERATIONS = 12  # past the class-prior update at step 10
-FEATURE_TOL = 1e-3  # features of norm ~13: float32 convolutions in another order differ by ~1e-5
-SHOTS, RUNS, SEED = (1, 2), 2, 2023
+FEATURE_TOL = 1e-4  # features of norm ~13; bit-identical here (same float32 ops), a margin for other CPUs
+MIOU_TOL = 1e-3  # 0.1 mIoU points, the precision of published tables; measured <= 3e-6 (one flipped pixel)
+SHOTS, RUNS, SEED = (1, 2), 2, 2023  # the seed: `run`'s default, the official one
 NOVEL, BASE = list(range(1, 6)), list(range(6, 21))  # PASCAL-5i fold 0
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -62,16 +63,17 @@ TRAIN = [("t1", (88, 120), ((7, BIG), (1, BIG))), ("t2", (140, 96), ((11, BIG),)
 
 
 def write_pascal(root, items, split):
-    """JPEGs (smooth random colours, a colour per class), greyscale class-id PNGs with 2-pixel 255 borders around
-    each blob, and `<split>.txt` with lines `JPEGImages/x.jpg SegmentationClassAug/x.png`."""
+    """A VOC-layout split: JPEGs (smooth random colours, a colour per class), greyscale class-id PNGs with 2-pixel
+    255 borders around each blob, and `<split>.txt` with lines `JPEGImages/x.jpg SegmentationClassAug/x.png`
+    (`run` reads val only; train.txt is there as in a prepared folder)."""
     (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
     (root / "SegmentationClassAug").mkdir(exist_ok=True)
     lines = []
     for number, (stem, (height, width), blobs) in enumerate(items):
         rng = np.random.default_rng(number + 100 * len(split))
         coarse = rng.uniform(0, 255, (5, 7, 3)).astype(np.float32)
-        image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC) + rng.normal(0, 12, (height,
-                                                                                                          width, 3))
+        image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+        image = image + rng.normal(0, 12, image.shape)
         label = np.zeros((height, width), np.uint8)
         for quadrant, (cls, size) in enumerate(blobs):
             qh, qw = height // 2, width // 2
@@ -172,18 +174,6 @@ def test_run_on_a_voc_folder_and_a_diam_checkpoint_scores_as_the_official_evalua
         return probs
 
     monkeypatch.setattr(DIaM, "predict", recording_predict)
-    import gfss_bench.benchmark.features as feat_module
-    from gfss_bench.benchmark.transforms import preprocess as real
-
-    def mutated(image, label, size):  # PIL-style nearest: pixel centres
-        out_image, out_label = real(image, label, size)
-        h, w = label.shape
-        from gfss_bench.benchmark.transforms import resized_shape
-        nh, nw = resized_shape(h, w, size)
-        lab = np.array(Image.fromarray(label).resize((nw, nh), Image.NEAREST)).astype(np.int64)
-        out_label[:nh, :nw] = torch.from_numpy(lab)
-        return out_image, out_label
-    monkeypatch.setattr(feat_module, "preprocess", mutated)
     args = ["run", "-b", "pascal5i", "-m", "diam", "-o", f"diam.iterations={ITERATIONS}", "-f", "0", "--runs",
             str(RUNS), "--data-root", str(root), "--checkpoint", str(checkpoint), "--image-size", str(SIZE),
             "--min-support-pixels", str(MIN_PIXELS), "--device", "cpu", "--results-dir", str(tmp_path / "results")]
@@ -195,7 +185,6 @@ def test_run_on_a_voc_folder_and_a_diam_checkpoint_scores_as_the_official_evalua
     assert sorted(records) == list(SHOTS)
 
     # The official evaluation of each run, from the facts, against gfss-bench's result
-    measured = []
     for shot in SHOTS:
         expected, stats = official_episodes(root, NOVEL, BASE, 20, shot, RUNS, SEED, MIN_PIXELS)
         if shot == 2:
@@ -236,11 +225,10 @@ def test_run_on_a_voc_folder_and_a_diam_checkpoint_scores_as_the_official_evalua
             difference = (probs - reference).abs().max().item()
             base_gap, novel_gap = np.abs(np.subtract(mean_ious(got, num_base), mean_ious(official, num_base)))
             assert (run["scores"]["base"], run["scores"]["novel"]) == pytest.approx(mean_ious(got, num_base))
-            measured.append((shot, run["run"], feature_gap, agreement, difference, base_gap, novel_gap))
+            print("shot {} run {}: features max|diff| {:.2e}, predictions agree on {:.5%} of {} pixels, probabilities "
+                  "max|diff| {:.2e}, base / novel mIoU differ by {:.1e} / {:.1e}".format(
+                      shot, run["run"], feature_gap, agreement, int(scored.sum()), difference, base_gap, novel_gap))
             predicted = set(official_prediction[scored].tolist())  # not a degenerate network: base and novel
             assert len(predicted) >= 8 and min(predicted) <= num_base < max(predicted)
             assert agreement >= 0.999 and difference < 1e-4
-            assert base_gap < 1e-3 and novel_gap < 1e-3
-    print("\nshot run max|df| agreement max|dp| base-gap novel-gap")
-    for row in measured:
-        print("{} {} {:.2e} {:.6%} {:.2e} {:.2e} {:.2e}".format(*row))
+            assert base_gap < MIOU_TOL and novel_gap < MIOU_TOL

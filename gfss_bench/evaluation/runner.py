@@ -26,13 +26,13 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 import torch
 
-from gfss_bench.benchmark.distributed import SINGLE_PROCESS, Workers
+from gfss_bench.evaluation.distributed import SINGLE_PROCESS, Workers
 from gfss_bench.benchmark.episodes import (
     FILE_PREFIX, Episode, EpisodeFile, check_episodes, episodes_document, make_episodes, query_candidates)
-from gfss_bench.benchmark.features import (
+from gfss_bench.evaluation.features import (
     EXTRACTION_CHUNK, PRECISIONS, Extractor, FeatureConfig, StoredFeatures, StreamedFeatures, chunked,
     segmenter_fingerprint)
-from gfss_bench.benchmark.metrics import CONVENTIONS, score_probabilities, scores
+from gfss_bench.evaluation.metrics import CONVENTIONS, score_probabilities, scores
 from gfss_bench.benchmark.transforms import PREPROCESSING_VERSION
 from gfss_bench.errors import GFSSError
 from gfss_bench.methods import Fitted, Method, Task, build_method

@@ -9,13 +9,13 @@ from click.testing import CliRunner
 
 from gfss_bench.benchmark.datasets import open_split
 from gfss_bench.benchmark.episodes import query_candidates
-from gfss_bench.benchmark.features import EXTRACTION_CHUNK, Extractor, FeatureConfig, StoredFeatures, StreamedFeatures
-from gfss_bench.benchmark.runner import RunSpec, execute
+from gfss_bench.evaluation.features import EXTRACTION_CHUNK, Extractor, FeatureConfig, StoredFeatures, StreamedFeatures
+from gfss_bench.evaluation.runner import RunSpec, execute
 from gfss_bench.cli import cli
 from gfss_bench.errors import GFSSError
 from gfss_bench.protocols import get_benchmark
 from gfss_bench.results.store import ResultStore
-from tests.benchmark.test_runner import CountingLoader, TinySegmenter
+from tests.evaluation.test_runner import CountingLoader, TinySegmenter
 
 BENCH = get_benchmark("synthetic5i")
 

@@ -38,8 +38,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from gfss_bench.benchmark.plan import EVALUATION_KEYS, KEYS, plan
-from gfss_bench.benchmark.runner import RunSpec
+from gfss_bench.evaluation.plan import EVALUATION_KEYS, KEYS, plan
+from gfss_bench.evaluation.runner import RunSpec
 from gfss_bench.errors import GFSSError
 
 ALIASES = {"methods": "method", "benchmarks": "benchmark", "protocols": "protocol", "folds": "fold",

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gfss_bench.benchmark.runner import RunSpec
-from gfss_bench.benchmark.sweep import expand, load_config, run_sweep
+from gfss_bench.evaluation.runner import RunSpec
+from gfss_bench.evaluation.sweep import expand, load_config, run_sweep
 from gfss_bench.errors import GFSSError
 from gfss_bench.results.store import ResultStore
-from tests.benchmark.test_runner import CountingLoader
+from tests.evaluation.test_runner import CountingLoader
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")  # two cores shared: no thread oversubscription
 
 
@@ -88,7 +88,7 @@ def test_sweep_killed_mid_spec_resumes_at_first_missing_run(tmp_path):
     killed = tmp_path / "killed"
     [spec] = expand(load_config(path))
     partial = ResultStore(killed).partial_path_for(spec.run_id)
-    worker = subprocess.Popen([sys.executable, "-m", "tests.benchmark.tiny_worker", str(path), str(killed)],
+    worker = subprocess.Popen([sys.executable, "-m", "tests.evaluation.tiny_worker", str(path), str(killed)],
                               cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
@@ -135,7 +135,7 @@ def test_two_sweeps_into_one_folder(tmp_path):
     b = write_config(tmp_path / "b.yaml", methods=["imprint", "finetune"],
                      options={"finetune": {"iterations": 3}}, **common)
     shared = tmp_path / "results"
-    workers = [subprocess.Popen([sys.executable, "-m", "tests.benchmark.tiny_worker", str(c), str(shared)],
+    workers = [subprocess.Popen([sys.executable, "-m", "tests.evaluation.tiny_worker", str(c), str(shared)],
                                 cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in (a, b)]
     for worker in workers:
         _, err = worker.communicate(timeout=300)

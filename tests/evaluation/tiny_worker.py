@@ -1,12 +1,12 @@
 """Subprocess entry point for the resume/concurrency tests: a sweep with the tiny random segmenter.
 
-    python -m tests.benchmark.tiny_worker CONFIG.yaml RESULTS_DIR
+    python -m tests.evaluation.tiny_worker CONFIG.yaml RESULTS_DIR
 """
 
 import sys
 
-from gfss_bench.benchmark.sweep import load_config, run_sweep
-from tests.benchmark.test_runner import CountingLoader
+from gfss_bench.evaluation.sweep import load_config, run_sweep
+from tests.evaluation.test_runner import CountingLoader
 
 if __name__ == "__main__":
     config_path, results_dir = sys.argv[1:3]
