@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gfss_bench.benchmark import runner
+from gfss_bench.evaluation import runner
 from gfss_bench.benchmark.datasets import SegmentationList
 from gfss_bench.evaluation.runner import RunSpec, execute
 from gfss_bench.benchmark.synthetic import ensure_synthetic_dataset
