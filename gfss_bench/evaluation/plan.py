@@ -121,6 +121,7 @@ def plan(settings: Mapping[str, Any], where: str = "run") -> Plan:
     convention), and the arguments to evaluate them with."""
     from gfss_bench.benchmark.episodes import SAMPLERS, EpisodeFile
     from gfss_bench.methods import METHODS
+    from gfss_bench.models.families import SegmenterLoader
     from gfss_bench.plugins import load_plugins
     from gfss_bench.protocols import get_protocol, resolve_benchmark
 
@@ -147,22 +148,21 @@ def plan(settings: Mapping[str, Any], where: str = "run") -> Plan:
     evaluation = evaluation_overrides(s)
     episode_file = None if s["episodes"] in SAMPLERS else EpisodeFile(s["episodes"])
     benchmarks = [resolve_option("--benchmark", resolve_benchmark, name) for name in s["benchmark"]]
-    from gfss_bench.models.families import SegmenterLoader
-
-    loader, specs = SegmenterLoader(), []
+    loader, specs, folds, segmenters = SegmenterLoader(), [], {}, {}
+    for bench in benchmarks:  # once per benchmark, not per method: checkpoint files are found and hashed here
+        bench.evaluation_settings(**evaluation)  # validates the values before anything runs
+        folds[bench.name] = [bench.check_fold(fold) for fold in s["fold"]] or list(range(bench.num_folds))
+        segmenters[bench.name] = _segmenters(loader, s["segmenter"], s["checkpoint"], bench, folds[bench.name],
+                                             s["protocol"], device)
     for method in s["method"]:
         for chosen in _option_grid(s["option"].get(method, {})):
             for bench in benchmarks:
-                bench.evaluation_settings(**evaluation)  # validates the values before anything runs
-                folds = [bench.check_fold(fold) for fold in s["fold"]] or list(range(bench.num_folds))
-                segmenters = _segmenters(loader, s["segmenter"], s["checkpoint"], bench, folds, s["protocol"],
-                                         device)
-                for protocol, fold, shot, convention in itertools.product(s["protocol"], folds, s["shot"],
-                                                                          s["convention"]):
+                for protocol, fold, shot, convention in itertools.product(s["protocol"], folds[bench.name],
+                                                                          s["shot"], s["convention"]):
                     specs.append(RunSpec.create(
                         method, bench.name, fold, protocol, shot, chosen, evaluation, runs=s["runs"], seed=s["seed"],
                         convention=convention, device=device.type, feature_precision=s["feature_precision"],
-                        feature_cache=s["feature_cache"] is not None, segmenter=segmenters[fold, protocol],
+                        feature_cache=s["feature_cache"] is not None, segmenter=segmenters[bench.name][fold, protocol],
                         episodes=episode_file.episodes if episode_file else s["episodes"]))
     features = FeatureConfig(_path(s["feature_cache"]), s["feature_memory"], s["workers"])
     kwargs = {"segmenter_loader": loader, "batch_size": s["batch_size"], "force": s["force"],
