@@ -1,52 +1,62 @@
-"""Base training of segmenters on the base classes of a fold, and their base-class evaluation.
+"""Base training of the small recipe's segmenters on the base classes of a fold, and base-class evaluation.
 
-Training follows the protocol (facts §3): `standard` drops every training image containing a novel
-class; `practical` keeps them with the novel pixels labelled background. The loss is plain pixel
-cross-entropy over background + base classes (255 ignored) at the padded input resolution, on
-images prepared with `resize_and_pad_for_training` at `benchmark.image_size`, with random horizontal flips.
+Training follows the protocol (docs/protocol.md, "Protocols"): `standard` drops every training image containing a
+novel class; `practical` keeps them with the novel pixels labelled background. The loss is plain pixel
+cross-entropy over background + base classes (255 ignored) at the padded input resolution, on images prepared
+exactly as evaluation prepares them (`transforms.preprocess`, OpenCV) at `benchmark.image_size`, with random
+horizontal flips. How long to train is measured, not guessed: see `TrainConfig`.
 
-Command line (also what the shipped weights were produced with):
-
-    python -m gfss_bench.models.training --benchmark synthetic5i --fold 0 --protocol practical \\
-        --out DIR
+The shipped weights are made with `python scripts/train_shipped.py` (one process per fold and protocol).
 """
 
 from __future__ import annotations
 
-import math
-import sys
+import copy
+import io
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from gfss_bench.benchmark.datasets import SegmentationList, open_split
 from gfss_bench.evaluation.features import Extractor, chunked
 from gfss_bench.evaluation.metrics import score_probabilities, scores
-from gfss_bench.benchmark.transforms import IGNORE_LABEL, normalize, resized_shape
+from gfss_bench.benchmark.transforms import IGNORE_LABEL, preprocess
 from gfss_bench.errors import GFSSError
 from gfss_bench.models.small_pspnet import SmallPSPNet, SmallPSPNetConfig
+from gfss_bench.paths import atomic_write_bytes
 from gfss_bench.progress import progress_bar
 from gfss_bench.protocols import Benchmark, Protocol, get_benchmark, get_protocol
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of base training (all of them enter the zoo's config hash)."""
+    """Hyper-parameters of base training (all of them enter the zoo's config hash).
 
-    steps: int = 1000
+    The learning rate warms up for `warmup_steps`, then stays constant; an exponential moving average (EMA) of the
+    weights and BatchNorm statistics is what gets evaluated and stored. Since nothing depends on the total number of
+    steps, the EMA model at step t is the model a shorter run would have produced, and the plateau can be measured
+    on one run: base mIoU on val every `eval_every` steps, and training stops at the first step t (a multiple of
+    2 * `eval_every`, at least `min_steps`) where doubling from t/2 to t gained less than `plateau_gain`, or at
+    `steps` (the cap)."""
+
+    steps: int = 6000
     batch_size: int = 16
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 50
+    ema_decay: float = 0.998
+    eval_every: int = 250
+    min_steps: int = 1000
+    plateau_gain: float = 0.005
     hflip: bool = True
     seed: int = 0
+    preprocessing: str = "opencv"  # training inputs are `transforms.preprocess`, as evaluation's
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -59,34 +69,21 @@ def default_arch_config(benchmark: Benchmark, fold: int) -> SmallPSPNetConfig:
 # ----------------------------------------------------------------------------------------- data
 
 
-def resize_and_pad_for_training(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The small recipe's training input: uint8 [size, size, 3] image (PIL bilinear, 0 padding) and uint8
-    [size, size] label (PIL nearest, 255 padding), at `resized_shape`.
-
-    Part of the recipe that produced the shipped weights (pinned by their config hash), so it keeps PIL; evaluation
-    resizes with `transforms.preprocess` (OpenCV, as the official code)."""
-    new_h, new_w = resized_shape(*label.shape, size)
-    out_image = np.zeros((size, size, 3), dtype=np.uint8)
-    out_image[:new_h, :new_w] = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-    out_label = np.full((size, size), IGNORE_LABEL, dtype=np.uint8)
-    out_label[:new_h, :new_w] = np.asarray(Image.fromarray(label).resize((new_w, new_h), Image.NEAREST))
-    return out_image, out_label
-
-
-def load_resized(dataset: SegmentationList, size: int, indices: Optional[list[int]] = None,
-                 progress: bool = False, description: str = "loading") -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 [N, S, S, 3] resized+padded images, uint8 [N, S, S] resized+padded ORIGINAL labels)."""
+def load_preprocessed(dataset: SegmentationList, size: int, indices: Optional[list[int]] = None,
+                      progress: bool = False, description: str = "loading") -> tuple[torch.Tensor, torch.Tensor]:
+    """(float32 [N, 3, S, S] normalised images, uint8 [N, S, S] ORIGINAL labels, 255 padding), each item exactly
+    as evaluation prepares it (`transforms.preprocess`: OpenCV resizing, top-left padding)."""
     indices = list(range(len(dataset))) if indices is None else list(indices)
-    images = np.zeros((len(indices), size, size, 3), dtype=np.uint8)
-    labels = np.zeros((len(indices), size, size), dtype=np.uint8)
+    images = torch.zeros((len(indices), 3, size, size), dtype=torch.float32)
+    labels = torch.zeros((len(indices), size, size), dtype=torch.uint8)
     iterator = enumerate(indices)
     if progress:
         from rich.progress import track
 
         iterator = track(iterator, total=len(indices), description=description, transient=True)
     for row, index in iterator:
-        image, label = dataset.load(index)
-        images[row], labels[row] = resize_and_pad_for_training(image, label, size)
+        images[row], label = preprocess(*dataset.load(index), size)
+        labels[row] = label.to(torch.uint8)
     return images, labels
 
 
@@ -103,121 +100,175 @@ def training_indices(dataset: SegmentationList, benchmark: Benchmark, fold: int,
 # ----------------------------------------------------------------------------------------- training
 
 
-def _seed_everything(seed: int) -> torch.Generator:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    return torch.Generator().manual_seed(seed)
+@dataclass
+class TrainingState:
+    """Everything a resumed training needs to continue exactly where it stopped."""
+
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    order: torch.Tensor
+    cursor: int = 0
+    step: int = 0
+    seconds: float = 0.0
+    curve: list = field(default_factory=list)  # [[step, base mIoU of the EMA model], ...]
+    losses: list = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        payload = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                   "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                   "torch_rng": torch.get_rng_state(), "order": self.order, "cursor": self.cursor, "step": self.step,
+                   "seconds": self.seconds, "curve": self.curve, "losses": self.losses}
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def load(self, path: Path) -> None:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(payload["model"])
+        self.ema.load_state_dict(payload["ema"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.generator.set_state(payload["generator"])
+        torch.set_rng_state(payload["torch_rng"])
+        self.order, self.cursor, self.step = payload["order"], payload["cursor"], payload["step"]
+        self.seconds, self.curve, self.losses = payload["seconds"], payload["curve"], payload["losses"]
 
 
 def _lr_at(step: int, config: TrainConfig) -> float:
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return config.lr * min(1.0, (step + 1) / config.warmup_steps)
 
 
-def train_on_arrays(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, config: TrainConfig,
-                    device: str = "cpu", progress: bool = True, description: str = "training",
-                    log_every: int = 0) -> list[float]:
-    """Train `model` in place on uint8 arrays (labels already in the training label space).
+@torch.no_grad()
+def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
+    """EMA of parameters and float buffers, with the usual warm-up of the decay (early steps weigh more)."""
+    decay = min(decay, (1 + step) / (10 + step))
+    for average, current in zip(ema.state_dict().values(), model.state_dict().values()):
+        if average.is_floating_point():
+            average.mul_(decay).add_(current.detach(), alpha=1 - decay)
+        else:
+            average.copy_(current)
 
-    Returns the loss of every step.
-    """
-    generator = _seed_everything(config.seed)
-    previous_determinism = (torch.are_deterministic_algorithms_enabled(),
-                            torch.is_deterministic_algorithms_warn_only_enabled())
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    model.to(device).train()
+
+def plateau_reached(curve: list, config: TrainConfig) -> bool:
+    """True when the last curve point t >= min_steps gained less than `plateau_gain` over the point at t / 2."""
+    if not curve:
+        return False
+    step, miou = curve[-1]
+    earlier = {s: m for s, m in curve}.get(step / 2)
+    return step >= config.min_steps and earlier is not None and miou - earlier < config.plateau_gain
+
+
+def _train_step(state: TrainingState, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
+                device: str) -> float:
+    n = len(images)
+    if state.cursor + config.batch_size > n:
+        state.order, state.cursor = torch.randperm(n, generator=state.generator), 0
+    batch = state.order[state.cursor:state.cursor + config.batch_size]
+    state.cursor += config.batch_size
+    x, y = images[batch], labels[batch].long()
+    if config.hflip:
+        flip = torch.rand(len(batch), generator=state.generator) < 0.5
+        x[flip] = x[flip].flip(-1)
+        y[flip] = y[flip].flip(-1)
+    x, y = x.to(device), y.to(device)
+    for group in state.optimizer.param_groups:
+        group["lr"] = _lr_at(state.step, config)
+    logits = F.interpolate(state.model(x), size=y.shape[-2:], mode="bilinear", align_corners=True)
+    loss = F.cross_entropy(logits, y, ignore_index=IGNORE_LABEL)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.optimizer.step()
+    _update_ema(state.ema, state.model, state.step, config.ema_decay)
+    state.step += 1
+    return loss.item()
+
+
+def new_training_state(model: torch.nn.Module, num_images: int, config: TrainConfig) -> TrainingState:
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed % 2 ** 32)
+    ema = copy.deepcopy(model).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
-    n = len(images_t)
-    order = torch.randperm(n, generator=generator)
-    cursor = 0
-    losses: list[float] = []
+    return TrainingState(model, ema, optimizer, generator, torch.randperm(num_images, generator=generator))
 
-    bar = None
-    if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), transient=False)
-        bar.start()
-        task = bar.add_task(description, total=config.steps, loss=float("nan"))
+def train_on_arrays(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
+                    device: str = "cpu", *, evaluate: Optional[Callable[[torch.nn.Module], float]] = None,
+                    state_file: Optional[Path] = None, log: Optional[Callable[[str], None]] = None
+                    ) -> TrainingState:
+    """Train `model` on normalised float32 images and labels in the training label space; returns the final state,
+    whose `ema` is the model to keep (eval mode).
+
+    `evaluate(ema)` gives the curve point every `eval_every` steps and decides the plateau stop (without it, the
+    run goes to `steps`). With `state_file`, the state is saved there at every curve point and a saved state is
+    resumed from, so an interrupted run continues bit for bit; the file is removed at the end."""
+    model.to(device).train()
+    state = new_training_state(model, len(images), config)
+    state.ema.to(device)
+    if state_file is not None and Path(state_file).exists():
+        state.load(Path(state_file))
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        for step in range(config.steps):
-            if cursor + config.batch_size > n:
-                order, cursor = torch.randperm(n, generator=generator), 0
-            batch = order[cursor:cursor + config.batch_size]
-            cursor += config.batch_size
-            x = normalize(images_t[batch])
-            y = labels_t[batch].long()
-            if config.hflip:
-                flip = torch.rand(len(batch), generator=generator) < 0.5
-                x[flip] = x[flip].flip(-1)
-                y[flip] = y[flip].flip(-1)
-            x, y = x.to(device), y.to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, config)
-            logits = model(x)
-            logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=True)
-            loss = F.cross_entropy(logits, y, ignore_index=IGNORE_LABEL)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            if bar is not None:
-                bar.update(task, advance=1, loss=float(np.mean(losses[-20:])))
-            if log_every and (step + 1) % log_every == 0:
-                print(f"step {step + 1}/{config.steps} loss {np.mean(losses[-log_every:]):.4f}", flush=True)
+        while state.step < config.steps and not (evaluate and plateau_reached(state.curve, config)):
+            started = time.perf_counter()
+            state.losses.append(_train_step(state, images, labels, config, device))
+            state.seconds += time.perf_counter() - started
+            if evaluate is not None and state.step % config.eval_every == 0:
+                state.curve.append([state.step, round(evaluate(state.ema), 4)])
+                state.ema.eval()
+                if log:
+                    log(f"step {state.step}: loss {np.mean(state.losses[-config.eval_every:]):.4f}, "
+                        f"EMA base mIoU {100 * state.curve[-1][1]:.2f}")
+                if state_file is not None:
+                    state.save(Path(state_file))
     finally:
-        if bar is not None:
-            bar.stop()
-        torch.use_deterministic_algorithms(previous_determinism[0], warn_only=previous_determinism[1])
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
     model.eval()
-    return losses
+    state.ema.eval()
+    if state_file is not None:
+        Path(state_file).unlink(missing_ok=True)
+    return state
 
 
-def train_base_segmenter(benchmark_name: str, fold: int, protocol_name: str, *, seed: int = 0,
-                         steps: Optional[int] = None, config: Optional[TrainConfig] = None,
-                         device: str = "cpu", progress: bool = True, evaluate: bool = True,
-                         data_root: Optional[Path] = None, log_every: int = 0
-                         ) -> tuple[SmallPSPNet, dict]:
-    """Train a SmallPSPNet on the base classes of `fold` under `protocol_name`.
+def train_base_segmenter(benchmark_name: str, fold: int, protocol_name: str, *,
+                         config: Optional[TrainConfig] = None, device: str = "cpu", progress: bool = True,
+                         data_root: Optional[Path] = None, state_file: Optional[Path] = None,
+                         log: Optional[Callable[[str], None]] = None) -> tuple[SmallPSPNet, dict]:
+    """Train a SmallPSPNet on the base classes of `fold` under `protocol_name` until its val base mIoU plateaus
+    (see `TrainConfig`); resumable through `state_file`.
 
-    Returns (model in eval mode, info) where info holds the configs, the number of training images,
-    the training time in seconds, the final loss and (with `evaluate`) the val base mIoU.
+    Returns (the EMA model in eval mode, info): the configs, the number of training images, the steps run, the
+    curve, the training time in seconds (evaluations excluded), the final loss and the thread count.
     """
     benchmark = get_benchmark(benchmark_name)
     benchmark.check_fold(fold)
     protocol = get_protocol(protocol_name)
-    config = config or TrainConfig(seed=seed)
-    if steps is not None:
-        config = TrainConfig(**{**config.as_dict(), "steps": steps})
+    config = config or TrainConfig()
     arch = default_arch_config(benchmark, fold)
 
     train_set = open_split(benchmark, "train", data_root)
     indices = training_indices(train_set, benchmark, fold, protocol)
-    images, labels = load_resized(train_set, benchmark.image_size, indices, progress=progress,
-                                  description="loading training images")
-    labels = protocol.training_label_lut(benchmark, fold)[labels]
+    images, labels = load_preprocessed(train_set, benchmark.image_size, indices, progress=progress,
+                                       description="loading training images")
+    labels = torch.from_numpy(protocol.training_label_lut(benchmark, fold))[labels.long()]
+
+    def evaluate(model: torch.nn.Module) -> float:
+        return evaluate_base_miou(model, benchmark, fold, device=device, data_root=data_root)
 
     torch.manual_seed(config.seed)
     model = SmallPSPNet(arch)
-    start = time.perf_counter()
-    losses = train_on_arrays(model, images, labels, config, device=device, progress=progress,
-                             description=f"training {benchmark_name} fold {fold} {protocol_name}",
-                             log_every=log_every)
-    seconds = time.perf_counter() - start
+    state = train_on_arrays(model, images, labels, config, device=device, evaluate=evaluate,
+                            state_file=state_file, log=log)
     info = {
         "benchmark": benchmark_name, "fold": fold, "protocol": protocol_name,
         "arch": arch.as_dict(), "train": config.as_dict(), "training_images": len(indices),
-        "train_seconds": round(seconds, 1), "final_loss": float(np.mean(losses[-50:])),
+        "steps": state.step, "curve": state.curve, "plateau": plateau_reached(state.curve, config),
+        "train_seconds": round(state.seconds, 1), "final_loss": float(np.mean(state.losses[-50:])),
         "torch_threads": torch.get_num_threads(), "device": str(device),
     }
-    if evaluate:
-        info["val_base_miou"] = evaluate_base_miou(model, benchmark, fold, protocol, device=device,
-                                                   data_root=data_root)
-    return model, info
+    return state.ema, info
 
 
 # ----------------------------------------------------------------------------------------- evaluation
@@ -263,9 +314,3 @@ def evaluate_base_miou(model: torch.nn.Module, benchmark: Benchmark | str, fold:
                 bar.advance(task, len(labels))
     model.train(was_training)
     return scores(confusion, num_outputs - 1).base
-
-
-if __name__ == "__main__":  # the command line is zoo.main (it stores what it trains, and zoo imports this module)
-    from gfss_bench.models.zoo import main
-
-    sys.exit(main())

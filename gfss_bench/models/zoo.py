@@ -13,7 +13,6 @@ otherwise it says why, trains the segmenter (a few minutes on CPU) and caches it
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -21,7 +20,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -112,18 +111,25 @@ def read_manifest(benchmark_name: str, fold: int, protocol_name: str) -> Optiona
     return json.loads(path.read_text())
 
 
+def training_state_file(digest: str) -> Path:
+    """Where an unfinished training of config `digest` keeps its resume state."""
+    return cache_dir() / "training" / f"{digest}.state.pt"
+
+
 def train_and_save(benchmark_name: str, fold: int, protocol_name: str, *, seed: int = 0,
-                   steps: Optional[int] = None, out: Optional[Path] = None,
-                   device: str = "cpu", progress: bool = True, log_every: int = 0,
+                   steps: Optional[int] = None, out: Optional[Path] = None, device: str = "cpu",
+                   progress: bool = True, log: Optional[Callable[[str], None]] = None,
                    command: Optional[str] = None, data_root: Optional[Path] = None) -> Path:
-    """Train on the benchmark's data (`data_root`: see `open_split`), then write the file `out` (a .pt path;
-    default: the cache, as `segmenters/<hash>.pt`) and its `.json` manifest. The manifest's mIoU is measured on
-    the val split with the weights as stored."""
+    """Train on the benchmark's data (`data_root`: see `open_split`) until the plateau (or `steps`, the cap), then
+    write the file `out` (a .pt path; default: the cache, as `segmenters/<hash>.pt`) and its `.json` manifest. An
+    interrupted training of the same config resumes. The manifest's mIoU is measured on the val split with the
+    weights as stored."""
     train_config = TrainConfig(seed=seed) if steps is None else TrainConfig(seed=seed, steps=steps)
     digest = config_hash(benchmark_name, fold, protocol_name, train_config)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     model, info = train_base_segmenter(benchmark_name, fold, protocol_name, config=train_config, device=device,
-                                       progress=progress, evaluate=False, log_every=log_every, data_root=data_root)
+                                       progress=progress, data_root=data_root, log=log,
+                                       state_file=training_state_file(digest))
     path = cache_dir() / "segmenters" / f"{digest}.pt" if out is None else Path(out)
     save_segmenter(model, path, digest, fp16=True)
     stored, _ = load_segmenter(path, device)
@@ -131,14 +137,16 @@ def train_and_save(benchmark_name: str, fold: int, protocol_name: str, *, seed: 
     manifest = {
         "file": path.name, "config_hash": digest, "config": config_record(benchmark_name, fold, protocol_name,
                                                                           train_config),
-        "command": command or (f"python -m gfss_bench.models.training --benchmark {benchmark_name} --fold {fold} "
+        "command": command or (f"gfss-bench train --arch small --benchmark {benchmark_name} --fold {fold} "
                                f"--protocol {protocol_name} --seed {seed}"),
-        "trained_at": started, "train_seconds": info["train_seconds"], "torch_threads": info["torch_threads"],
+        "started_at": started, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "steps": info["steps"], "plateau": info["plateau"], "curve": info["curve"],
+        "curve_definition": "[step, val base mIoU of the EMA weights (float32)] every eval_every steps",
+        "train_seconds": info["train_seconds"], "device": info["device"], "torch_threads": info["torch_threads"],
         "torch_version": torch.__version__, "training_images": info["training_images"],
         "final_loss": round(info["final_loss"], 4), "dtype": "float16",
         "val_base_miou": round(miou, 4),
         "val_base_miou_definition": "mean IoU over base classes (background excluded) on the val split at "
-                                    "image_size, novel pixels counted as background",
+                                    "image_size, novel pixels counted as background, with the weights as stored",
         "size_bytes": path.stat().st_size,
     }
     atomic_write_text(path.with_suffix(".json"), json.dumps(manifest, indent=2) + "\n")
@@ -228,39 +236,3 @@ def train_and_cache(benchmark_name: str, fold: int, protocol_name: str, *, seed:
             raise GFSSError(f"cannot write --out {out} ({error.strerror or error}); pick a writable path") from None
         path = out
     return {**manifest, "base_miou": manifest["val_base_miou"], "path": path}
-
-
-# ----------------------------------------------------------------------------------------- CLI
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """`python -m gfss_bench.models.training` (see gfss_bench/models/training.py, which runs this)."""
-    parser = argparse.ArgumentParser(prog="python -m gfss_bench.models.training",
-                                     description="Base training of segmenters on the base classes of a fold, "
-                                                 "and their base-class evaluation.")
-    parser.add_argument("--benchmark", required=True)
-    parser.add_argument("--fold", type=int, required=True)
-    parser.add_argument("--protocol", required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for <name>.pt and <name>.json (default: the segmenter cache)")
-    parser.add_argument("--log-every", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        name = weights_name(args.benchmark, args.fold, args.protocol)
-        out = None if args.out is None else args.out / f"{name}.pt"
-        path = train_and_save(args.benchmark, args.fold, args.protocol, seed=args.seed, steps=args.steps,
-                              out=out, device=args.device,
-                              progress=not args.no_progress, log_every=args.log_every,
-                              command=" ".join(["python -m gfss_bench.models.training"] + (argv or sys.argv[1:])))
-    except GFSSError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
