@@ -24,9 +24,9 @@ from pathlib import Path
 def child(source: str, images: int, size: int, channels: int) -> dict:
     import torch
 
-    from gfss_bench.benchmark.datasets import SegmentationList
-    from gfss_bench.evaluation.features import Extractor, StoredFeatures, StreamedFeatures, chunked
-    from gfss_bench.benchmark.synthetic import ensure_synthetic_dataset
+    from gfss_bench.data.datasets import SegmentationList
+    from gfss_bench.models.features import Extractor, StoredFeatures, StreamedFeatures, chunked
+    from gfss_bench.data.synthetic import ensure_synthetic_dataset
 
     torch.set_num_threads(1)
     root = ensure_synthetic_dataset()

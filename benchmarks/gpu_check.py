@@ -502,8 +502,8 @@ class _DecodeOnly(torch.nn.Module):
 
 
 def measure_feature_speed(ctx: Context) -> dict:
-    from gfss_bench.benchmark.datasets import open_split
-    from gfss_bench.evaluation.features import Extractor, FeatureConfig, chunked
+    from gfss_bench.data.datasets import open_split
+    from gfss_bench.models.features import Extractor, FeatureConfig, chunked
     from gfss_bench.models.pspnet import PSPNetResNet50
     from gfss_bench.protocols import get_benchmark
 

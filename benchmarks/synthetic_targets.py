@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from gfss_bench.evaluation.runner import RunSpec, execute
+from gfss_bench.evaluation.runner import execute
+from gfss_bench.evaluation.spec import RunSpec
 from gfss_bench.results.board import Leaderboard
 from gfss_bench.results.report import leaderboard, print_leaderboard
 from gfss_bench.results.store import ResultStore

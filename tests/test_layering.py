@@ -1,4 +1,5 @@
-"""The package's import graph, read from the source with `ast`: no cycles, and results code runs no models.
+"""The package's import graph, read from the source with `ast`: the layers of `gfss_bench/__init__.py` (no folder
+imports a folder above it), no cycles, and results code runs no models.
 
 Every `import`/`from ... import` of a gfss_bench module counts, at module level or inside a function,
 with relative imports resolved. Importing `a.b.c` also imports the packages `a.b` (their `__init__`),
@@ -14,6 +15,7 @@ import ast
 from pathlib import Path
 
 import gfss_bench
+from gfss_bench import LAYERS
 
 PACKAGE_DIR = Path(gfss_bench.__file__).resolve().parent
 
@@ -185,16 +187,15 @@ def test_no_import_cycles():
 # what results code may not reach: the segmenters, the methods and the evaluation that runs them (the
 # sweep, the plugins and the CLI sit above these, so reaching them would reach these too)
 MODEL_RUNNING = ("gfss_bench.models", "gfss_bench.methods", "gfss_bench.evaluation.runner",
-                 "gfss_bench.evaluation.features", "gfss_bench.evaluation.distributed", "gfss_bench.cli")
+                 "gfss_bench.evaluation.distributed", "gfss_bench.cli")
 
 
 def test_results_run_no_models():
     """gfss_bench.results.* (store, report, export, plot, published) works on stored JSON.
 
-    Rule: nothing it imports, directly or through other gfss_bench modules, is in MODEL_RUNNING, and no
-    results module imports torch itself. torch still gets loaded through gfss_bench.evaluation.metrics,
-    which results may use: its IoU arithmetic over stored confusion counts sits beside the runner's torch
-    scorer, and it runs no model."""
+    Rule: nothing it imports, directly or through other gfss_bench modules, is in MODEL_RUNNING, and neither a
+    results module nor any gfss_bench module it reaches imports torch (the IoU arithmetic it uses,
+    `gfss_bench.metrics`, is numpy; the torch scorer is `gfss_bench.scoring`)."""
     graph = import_graph()
     modules = package_modules()
     results = [m for m in graph if m == "gfss_bench.results" or m.startswith("gfss_bench.results.")]
@@ -208,6 +209,55 @@ def test_results_run_no_models():
                 todo.append(dep)
         problems += [f"{module} reaches {dep}" for dep in sorted(reached)
                      if any(dep == bad or dep.startswith(bad + ".") for bad in MODEL_RUNNING)]
-        if any(n == "torch" or n.startswith("torch.") for n in imported_names(module, *modules[module])):
-            problems.append(f"{module} imports torch")
+        for importer in [module, *sorted(reached)]:
+            if any(n == "torch" or n.startswith("torch.") for n in imported_names(importer, *modules[importer])):
+                problems.append(f"{module} reaches {importer}, which imports torch")
     assert not problems, "\n".join(sorted(set(problems)))
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """(rank, layer name) of a module, from `gfss_bench.LAYERS` (the package `gfss_bench` itself is core)."""
+    if module == "gfss_bench":
+        return 0, "core"
+    for rank, layers in enumerate(LAYERS):
+        for name, prefixes in layers.items():
+            if any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes):
+                return rank, name
+    raise AssertionError(f"{module} is in no layer of gfss_bench.LAYERS: add its folder there")
+
+
+def back_edges(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of a module in a layer at or above the importer's own rank, other than its own layer."""
+    problems = []
+    for module, deps in sorted(graph.items()):
+        rank, name = layer_of(module)
+        for dep in sorted(deps):
+            dep_rank, dep_name = layer_of(dep)
+            if dep_name != name and dep_rank >= rank:
+                problems.append(f"{module} ({name}) imports {dep} ({dep_name})")
+    return problems
+
+
+def test_no_folder_imports_a_folder_above_it():
+    graph = import_graph()
+    problems = back_edges(graph)
+    assert not problems, "layer back edges (see gfss_bench.LAYERS):\n" + "\n".join(problems)
+
+
+def test_a_planted_back_edge_is_caught(tmp_path):
+    """The rule on a copy of the real tree with one import added: data -> evaluation (a folder above), then
+    models <-> methods (two folders of the same rank)."""
+    import shutil
+
+    copy = tmp_path / "gfss_bench"
+    shutil.copytree(PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__", "weights"))
+    assert not back_edges(import_graph(copy))
+    target = copy / "data" / "transforms.py"
+    target.write_text(target.read_text() + "\n\ndef planted():\n    from gfss_bench.evaluation import spec\n")
+    assert back_edges(import_graph(copy)) == [
+        "gfss_bench.data.transforms (data) imports gfss_bench.evaluation (evaluation)",
+        "gfss_bench.data.transforms (data) imports gfss_bench.evaluation.spec (evaluation)"]
+    target = copy / "methods" / "imprint.py"
+    target.write_text(target.read_text() + "\nimport gfss_bench.models.segmenter  # noqa\n")
+    assert any(problem.startswith("gfss_bench.methods.imprint (methods) imports gfss_bench.models")
+               for problem in back_edges(import_graph(copy)))

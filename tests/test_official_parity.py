@@ -21,7 +21,7 @@ from PIL import Image
 
 from gfss_bench.cli import cli
 from gfss_bench.methods.diam import DIaM
-from tests.benchmark.test_episodes import official_episodes
+from tests.data.test_episodes import official_episodes
 from tests.methods.diam_reference import reference_diam
 from tests.models.official_pspnet_reference import OfficialPSPNet
 from tests.models.test_pspnet_checkpoints import _diam_layout, _randomise_batchnorm

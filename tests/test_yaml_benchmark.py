@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from gfss_bench.evaluation.runner import RunSpec
+from gfss_bench.evaluation.spec import RunSpec
 from gfss_bench.cli import cli
 from gfss_bench.errors import GFSSError
 from gfss_bench.protocols import Benchmark, get_benchmark, register_benchmark, resolve_benchmark

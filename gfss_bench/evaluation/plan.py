@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from gfss_bench.evaluation.features import FeatureConfig
-from gfss_bench.evaluation.runner import (
-    DEFAULT_RUNS, DEFAULT_SEED, RunSpec, execute, resolve_device)
+from gfss_bench.models.features import FeatureConfig
+from gfss_bench.evaluation.runner import execute
+from gfss_bench.evaluation.spec import (
+    DEFAULT_RUNS, DEFAULT_SEED, RunSpec, check_at_least_one, resolve_device, validate_settings)
 from gfss_bench.errors import GFSSError, resolve_option
 
 AXES = {"method": str, "protocol": str, "benchmark": str, "fold": int, "shot": int, "convention": str, "plugin": str}
@@ -119,27 +120,19 @@ def evaluation_overrides(settings: Mapping[str, Any]) -> dict[str, Any]:
 def plan(settings: Mapping[str, Any], where: str = "run") -> Plan:
     """Every spec of the settings' grid, in a stable order (method, option setting, benchmark, protocol, fold, shot,
     convention), and the arguments to evaluate them with."""
-    from gfss_bench.benchmark.episodes import SAMPLERS, EpisodeFile
-    from gfss_bench.methods import METHODS
+    from gfss_bench.data.episodes import SAMPLERS, EpisodeFile
     from gfss_bench.models.families import SegmenterLoader
     from gfss_bench.plugins import load_plugins
-    from gfss_bench.protocols import get_protocol, resolve_benchmark
+    from gfss_bench.protocols import resolve_benchmark
 
     s = check_settings(settings, where)
     load_plugins(s["plugin"])
-    for key in ("batch_size", "runs"):
-        if s[key] is not None and s[key] < 1:
-            raise GFSSError(f"{option_name(key)} must be >= 1, got {s[key]}")
+    check_at_least_one("--batch-size", s["batch_size"])
+    validate_settings(methods=s["method"], protocols=s["protocol"], shots=s["shot"], runs=s["runs"],
+                      conventions=s["convention"], feature_precision=s["feature_precision"])
     for key in ("workers", "feature_memory"):
         if s[key] is not None and s[key] < 0:
             raise GFSSError(f"{option_name(key)} must be >= 0, got {s[key]}")
-    for shot in s["shot"]:
-        if shot < 1:
-            raise GFSSError(f"--shot must be >= 1, got {shot}")
-    for method in s["method"]:
-        resolve_option("--method", METHODS.get, method)
-    for protocol in s["protocol"]:
-        resolve_option("--protocol", get_protocol, protocol)
     for method in s["option"]:
         if method not in s["method"]:
             raise GFSSError(f"{where}: options for {method!r}, which is not among methods "

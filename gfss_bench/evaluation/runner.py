@@ -1,8 +1,5 @@
-"""Run specs, their ids, and the runner that evaluates methods on seeded episodes.
+"""The runner that evaluates run specs (`evaluation/spec.py`) on seeded episodes.
 
-A `RunSpec` (method + options, benchmark, fold, protocol, shot, runs, seed, convention, segmenter, device,
-evaluation settings, feature precision, support sampler, protocol and method versions) hashes to a run id, which
-is the cache key and the result file name.
 Specs that share the data (`RunSpec.data_key`) share one segmenter and one feature source; specs that share an
 episode (same shot, seed, run, evaluation settings and sampler) are evaluated together, batch by batch, so every query
 batch is decoded and passed through the segmenter once for all methods of an invocation.
@@ -11,7 +8,6 @@ batch is decoded and passed through the segmenter once for all methods of an inv
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import platform
 import subprocess
 import sys
@@ -27,113 +23,22 @@ import numpy as np
 import torch
 
 from gfss_bench.evaluation.distributed import SINGLE_PROCESS, Workers
-from gfss_bench.benchmark.episodes import (
-    FILE_PREFIX, Episode, EpisodeFile, check_episodes, episodes_document, make_episodes, query_candidates)
-from gfss_bench.evaluation.features import (
-    EXTRACTION_CHUNK, PRECISIONS, Extractor, FeatureConfig, StoredFeatures, StreamedFeatures, chunked,
+from gfss_bench.evaluation.spec import RunSpec, resolve_device
+from gfss_bench.data.episodes import (
+    FILE_PREFIX, Episode, EpisodeFile, episodes_document, make_episodes, query_candidates)
+from gfss_bench.models.features import (
+    EXTRACTION_CHUNK, Extractor, FeatureConfig, StoredFeatures, StreamedFeatures, chunked,
     segmenter_fingerprint)
-from gfss_bench.evaluation.metrics import CONVENTIONS, score_probabilities, scores
-from gfss_bench.benchmark.transforms import PREPROCESSING_VERSION
+from gfss_bench.metrics import CONVENTIONS, scores
+from gfss_bench.scoring import score_probabilities
+from gfss_bench.data.transforms import PREPROCESSING_VERSION
 from gfss_bench.errors import GFSSError
 from gfss_bench.methods import Fitted, Method, Task, build_method
-from gfss_bench.models.families import BUILTIN as BUILTIN_SEGMENTER, SegmenterLoader
+from gfss_bench.models.families import SegmenterLoader, as_loaded
 from gfss_bench.progress import progress_bar
 from gfss_bench.protocols import Benchmark, EvaluationSettings, get_benchmark, get_protocol
 from gfss_bench.results.describe import self_description
-from gfss_bench.results.store import ResultStore, canonical_json
-
-DEFAULT_SEED = 2023
-DEFAULT_RUNS = 5
-# Version of the evaluation protocol, part of every run spec. 2: OpenCV preprocessing and the official support
-# sampler (facts §4a). Results stored before it lack the field and count as version 1.
-PROTOCOL_VERSION = 2
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything that determines a result; its canonical-JSON hash is the run id."""
-
-    method: str
-    method_options: tuple[tuple[str, Any], ...]
-    benchmark: str
-    fold: int
-    protocol: str
-    shot: int
-    runs: int = DEFAULT_RUNS
-    seed: int = DEFAULT_SEED
-    convention: str = "diam"
-    segmenter: str = BUILTIN_SEGMENTER
-    device: str = "cpu"
-    evaluation: Optional[EvaluationSettings] = None  # filled by `create` with the benchmark's official values
-    feature_precision: str = "fp32"  # autocast dtype of the feature extraction: fp32, fp16 or bf16
-    feature_cache: bool = False  # features went through the float16 on-disk cache (--feature-cache)
-    episodes: str = "diam"  # support sampler: diam (official), independent, or file:<digest> (run --episodes FILE)
-    protocol_version: int = PROTOCOL_VERSION
-    method_version: int = 1  # filled by `create` with the method's `version`
-    benchmark_digest: Optional[str] = None  # filled by `create` for a YAML or plugin benchmark: its definition's hash
-
-    @classmethod
-    def create(cls, method: str, benchmark: str, fold: int, protocol: str, shot: int,
-               options: Optional[dict[str, Any]] = None, evaluation: Optional[dict[str, Any]] = None,
-               **kwargs: Any) -> "RunSpec":
-        """Validate every field and fill the method's full option set and the evaluation settings (the
-        benchmark's official values, overridden by `evaluation`)."""
-        built = build_method(method, **(options or {}))
-        bench = get_benchmark(benchmark)
-        bench.check_fold(fold)
-        get_protocol(protocol)
-        if shot < 1:
-            raise GFSSError(f"--shot must be >= 1, got {shot}")
-        if kwargs.get("feature_precision", "fp32") not in PRECISIONS:
-            raise GFSSError(f"--feature-precision {kwargs['feature_precision']!r} is unknown; choose from: "
-                            f"{', '.join(PRECISIONS)}")
-        check_episodes(kwargs.get("episodes", "diam"))
-        spec = cls(method, _freeze(built.options()), benchmark, fold, protocol, shot,
-                   evaluation=bench.evaluation_settings(**(evaluation or {})), method_version=type(built).version,
-                   benchmark_digest=bench.digest, **kwargs)
-        if spec.runs < 1:
-            raise GFSSError(f"--runs must be >= 1, got {spec.runs}")
-        if spec.convention not in CONVENTIONS:
-            raise GFSSError(f"--convention {spec.convention!r} is unknown; choose from: {', '.join(CONVENTIONS)}")
-        return spec
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["method_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.method_options}
-        return data
-
-    @property
-    def run_id(self) -> str:
-        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()[:16]
-
-    def build(self) -> Method:
-        return build_method(self.method, **dict(self.method_options))
-
-    @property
-    def data_key(self) -> tuple:
-        """Specs with equal keys share the segmenter and the features."""
-        return (self.benchmark, self.fold, self.protocol, self.segmenter, self.device, self.evaluation.image_size,
-                self.evaluation.support_source, self.feature_precision, self.feature_cache)
-
-    def episode_key(self, run: int) -> tuple:
-        """Specs with equal keys see the same episode in run `run`."""
-        return (self.shot, self.seed, run, self.evaluation, self.episodes)
-
-
-def _freeze(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted(options.items()))
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GFSSError("--device cuda was requested but no CUDA device is available; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise GFSSError(f"--device {name!r} is unknown; choose from: auto, cpu, cuda")
-    return torch.device(name)
-
+from gfss_bench.results.store import ResultStore
 
 def provenance(device: torch.device) -> dict[str, Any]:
     """Where and with what a result was computed."""
@@ -203,7 +108,7 @@ class EvaluationData:
 def _open_checked_split(benchmark: Benchmark, split_name: str, data_root: Optional[Path], skip_bad_images: bool,
                         log: Callable[[str], None]):
     """The split with its pixel counts, bad items left out (and listed) with `skip_bad_images`."""
-    from gfss_bench.benchmark.datasets import open_split
+    from gfss_bench.data.datasets import open_split
 
     split = open_split(benchmark, split_name, data_root)
     skipped = []
@@ -259,7 +164,8 @@ def _load_evaluation_data(spec: RunSpec, device: torch.device, segmenter_loader:
         support_split, support_counts, skipped_train = _open_checked_split(benchmark, "train", data_root,
                                                                            skip_bad_images, log)
         skipped += skipped_train
-    segmenter = segmenter_loader(spec, device)
+    loaded = as_loaded(segmenter_loader(spec, device))
+    segmenter = loaded.segmenter
     weight, bias = segmenter.classifier_weight_and_bias()
     expected = len(benchmark.base_classes(spec.fold)) + 1
     if weight.shape[1] != expected:
@@ -295,8 +201,7 @@ def _load_evaluation_data(spec: RunSpec, device: torch.device, segmenter_loader:
     return EvaluationData(benchmark, weight.detach().float().cpu(), bias.detach().float().cpu(), pixel_counts,
                           queries, list(split.names), supports, support_counts,
                           list(support_split.names) if support_split is not None else None, skipped,
-                          getattr(segmenter, "checkpoint_source", None), storage,
-                          segmenter_label=getattr(segmenter, "segmenter_label", None))
+                          loaded.source, storage, segmenter_label=loaded.label)
 
 
 def _fill(store: StoredFeatures, workers: Workers, spec: RunSpec, log: Callable[[str], None]) -> None:

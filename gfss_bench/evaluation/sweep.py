@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from gfss_bench.evaluation.plan import EVALUATION_KEYS, KEYS, plan
-from gfss_bench.evaluation.runner import RunSpec
+from gfss_bench.evaluation.spec import RunSpec
 from gfss_bench.errors import GFSSError
 
 ALIASES = {"methods": "method", "benchmarks": "benchmark", "protocols": "protocol", "folds": "fold",

@@ -129,15 +129,20 @@ def register_method(name: str):
     return decorator
 
 
+def check_option_name(name: str, key: str) -> None:
+    """A GFSSError with a "did you mean" when the registered method `name` has no option `key`."""
+    fields = sorted(f.name for f in dataclasses.fields(METHODS.get(name)))
+    if key not in fields:
+        raise GFSSError(unknown_choice_message(f"option for method {name!r}:", key, fields))
+
+
 def build_method(name: str, **options: Any) -> Method:
     """Instantiate a registered method; options may be Python values or CLI strings."""
     cls = METHODS.get(name)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     values = {}
     for key, value in options.items():
-        if key not in fields:
-            raise GFSSError(unknown_choice_message(f"option for method {name!r}:", key, sorted(fields)))
+        check_option_name(name, key)
         values[key] = coerce_option(name, key, value, hints[key])
     method = cls(**values)
     method.validate()

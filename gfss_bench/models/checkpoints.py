@@ -27,6 +27,7 @@ from typing import Optional, Union
 import torch
 
 from gfss_bench.errors import GFSSError
+from gfss_bench.models.segmenter import LoadedSegmenter
 from gfss_bench.models.pspnet import BACKBONE_MODULES, PSPNetResNet50
 
 CHECKPOINT_PREFIX = "checkpoint:"
@@ -130,9 +131,9 @@ def load_checkpoint_segmenter(path: Union[str, Path], expected_outputs: Optional
     path = Path(path)
     payload = read_weights(path)
     if isinstance(payload, dict) and "arch" in payload and "state_dict" in payload:  # gfss-bench train file
-        from gfss_bench.models.zoo import load_segmenter
+        from gfss_bench.models.zoo import load_weights_file
 
-        model, _ = load_segmenter(path, device)
+        model, _ = load_weights_file(path, device)
         layout = "gfss-bench"
     else:
         state, layout = convert_state_dict(state_dict_in(payload, path))
@@ -260,7 +261,7 @@ def checkpoint_segmenter_id(path: Union[str, Path]) -> str:
 def load_fold_checkpoint(path: Path, benchmark, fold: int, device: Union[str, torch.device] = "cpu"):
     """The segmenter of a checkpoint file for one benchmark fold (the `pspnet` segmenter family; `run --checkpoint`):
     its classifier must have the fold's B+1 outputs, and a `gfss-bench train` file must have been trained without
-    the fold's novel classes. The model's `checkpoint_source` (path, sha256, layout) goes into result provenance."""
+    the fold's novel classes. The record's `source` (path, sha256, layout) goes into result provenance."""
     expected = len(benchmark.base_classes(fold)) + 1
     model = load_checkpoint_segmenter(path, expected, device=str(device),
                                       expected_for=f"{benchmark.name} fold {fold} (background + "
@@ -271,8 +272,7 @@ def load_fold_checkpoint(path: Path, benchmark, fold: int, device: Union[str, to
                         f"fold {trained_for.get('fold')} (novel classes {trained_for.get('novel_classes')}), "
                         f"not for {benchmark.name} fold {fold} (novel classes "
                         f"{list(benchmark.novel_classes(fold))}): its base classes include novel ones")
-    model.checkpoint_source = {"path": str(Path(path).resolve()), "sha256": file_sha256(path),
-                               "layout": model.checkpoint_layout}
+    source = {"path": str(Path(path).resolve()), "sha256": file_sha256(path), "layout": model.checkpoint_layout}
     if trained_for:
-        model.checkpoint_source["trained_for"] = {k: trained_for.get(k) for k in ("benchmark", "fold", "protocol")}
-    return model
+        source["trained_for"] = {k: trained_for.get(k) for k in ("benchmark", "fold", "protocol")}
+    return LoadedSegmenter(model, source)

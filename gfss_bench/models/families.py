@@ -18,6 +18,7 @@ Plugins add families through the `gfss_bench.segmenters` entry-point group (see 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -25,7 +26,7 @@ from typing import Optional
 import torch
 
 from gfss_bench.errors import GFSSError
-from gfss_bench.models.segmenter import Segmenter
+from gfss_bench.models.segmenter import LoadedSegmenter, Segmenter
 from gfss_bench.protocols import Benchmark, get_benchmark
 from gfss_bench.registry import Registry
 
@@ -70,9 +71,9 @@ class SegmenterFamily:
         places do not), else as given."""
         return f"{self.name}:{absolute_reference(reference)}"
 
-    def build(self, reference: str, context: SegmenterContext) -> Segmenter:
-        """The segmenter (eval mode, on `context.device`) for a reference returned by `resolve`. It may carry a
-        `checkpoint_source` dict (path, sha256, ...), which results record as `provenance.segmenter_source`."""
+    def build(self, reference: str, context: SegmenterContext) -> Segmenter | LoadedSegmenter:
+        """The segmenter (eval mode, on `context.device`) for a reference returned by `resolve`, or a
+        `LoadedSegmenter` whose `source` (path, sha256, ...) results record as `provenance.segmenter_source`."""
         raise NotImplementedError
 
 
@@ -108,6 +109,11 @@ def check_outputs(segmenter: Segmenter, context: SegmenterContext, what: str) ->
         raise GFSSError(f"{what} has {segmenter.num_outputs} classifier outputs (background + "
                         f"{segmenter.num_outputs - 1} base classes) but {context.describe()} needs "
                         f"{context.num_outputs}; use the weights trained for that benchmark and fold")
+
+
+def as_loaded(built: Segmenter | LoadedSegmenter) -> LoadedSegmenter:
+    """What a family's `build` (or a custom `segmenter_loader`) returned, as a record."""
+    return built if isinstance(built, LoadedSegmenter) else LoadedSegmenter(built)
 
 
 SEGMENTER_FAMILIES: Registry[SegmenterFamily] = Registry("segmenter family")
@@ -155,7 +161,7 @@ class SegmenterLoader:
         self.labels.setdefault(segmenter_id, family_object.label(reference if chosen is None else chosen))
         return segmenter_id
 
-    def __call__(self, spec, device: torch.device) -> Segmenter:
+    def __call__(self, spec, device: torch.device) -> LoadedSegmenter:
         context = SegmenterContext(get_benchmark(spec.benchmark), spec.fold, spec.protocol, torch.device(device))
         if spec.segmenter == BUILTIN:
             family, reference = BUILTIN, ""
@@ -164,9 +170,8 @@ class SegmenterLoader:
         else:
             raise GFSSError(f"segmenter {spec.segmenter!r} of this run spec is not available: pass the weights it "
                             "names with --segmenter FAMILY:REF (or --checkpoint)")
-        segmenter = SEGMENTER_FAMILIES.get(family).build(reference, context)
-        segmenter.segmenter_label = self.labels[spec.segmenter]  # read by the runner into the results
-        return segmenter
+        built = as_loaded(SEGMENTER_FAMILIES.get(family).build(reference, context))
+        return dataclasses.replace(built, label=self.labels[spec.segmenter])
 
 
 @register_segmenter_family(BUILTIN)
@@ -229,7 +234,6 @@ class TorchvisionFamily(SegmenterFamily):
         architecture, _, path = reference.partition("=")
         segmenter = load_torchvision_segmenter(architecture, Path(path), device=context.device)
         check_outputs(segmenter, context, f"torchvision weights {path}")
-        segmenter.checkpoint_source = {"family": self.name, "architecture": architecture,
-                                       "path": str(Path(path).resolve()), "sha256": file_sha256(Path(path))}
-        return segmenter
+        return LoadedSegmenter(segmenter, {"family": self.name, "architecture": architecture,
+                                           "path": str(Path(path).resolve()), "sha256": file_sha256(Path(path))})
 

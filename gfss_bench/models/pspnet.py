@@ -149,7 +149,3 @@ class PSPNetResNet50(Segmenter):
     def extract_features(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images [B, 3, H, W] -> post-ReLU bottleneck features [B, 512, (H-1)/8+1, (W-1)/8+1]."""
         return self.bottleneck(self.ppm(self.backbone(images)))
-
-
-def build_pspnet_resnet50(num_outputs: int, **kwargs) -> PSPNetResNet50:
-    return PSPNetResNet50(num_outputs, **kwargs)

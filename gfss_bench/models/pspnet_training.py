@@ -50,8 +50,8 @@ from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
-from gfss_bench.benchmark.datasets import SegmentationList, open_split
-from gfss_bench.benchmark.transforms import IGNORE_LABEL, IMAGENET_MEAN, normalize
+from gfss_bench.data.datasets import SegmentationList, open_split
+from gfss_bench.data.transforms import IGNORE_LABEL, IMAGENET_MEAN, normalize
 from gfss_bench.errors import GFSSError
 from gfss_bench.models.checkpoints import (TRAINING_METADATA, load_checkpoint_segmenter,
                                            pspnet_from_backbone_weights)

@@ -10,6 +10,9 @@ GFSS methods only see the features and the classifier's weight and bias.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -42,3 +45,14 @@ class Segmenter(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits float [B, B+1, h, w] at feature resolution."""
         return self.classifier(self.extract_features(images))
+
+
+@dataclass(frozen=True)
+class LoadedSegmenter:
+    """A built segmenter with what results record about it, as an explicit record (not attributes on the module):
+    `label` names the user's choice over all folds (results' `segmenter_label`, one report row), `source` where the
+    weights came from (results' `provenance.segmenter_source`, e.g. path, sha256, layout)."""
+
+    segmenter: Segmenter
+    source: Optional[dict] = None
+    label: Optional[str] = None

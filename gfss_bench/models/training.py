@@ -23,10 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gfss_bench.benchmark.datasets import SegmentationList, open_split
-from gfss_bench.evaluation.features import Extractor, chunked
-from gfss_bench.evaluation.metrics import score_probabilities, scores
-from gfss_bench.benchmark.transforms import IGNORE_LABEL, preprocess
+from gfss_bench.data.datasets import SegmentationList, open_split
+from gfss_bench.models.features import Extractor, chunked
+from gfss_bench.metrics import scores
+from gfss_bench.scoring import score_probabilities
+from gfss_bench.data.transforms import IGNORE_LABEL, preprocess
 from gfss_bench.errors import GFSSError
 from gfss_bench.models.small_pspnet import SmallPSPNet, SmallPSPNetConfig
 from gfss_bench.paths import atomic_write_bytes

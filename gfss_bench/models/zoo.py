@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import torch
 
-from gfss_bench.benchmark import synthetic
+from gfss_bench.data import synthetic
 from gfss_bench.errors import GFSSError
 from gfss_bench.models.small_pspnet import SmallPSPNet, SmallPSPNetConfig
 from gfss_bench.models.training import TrainConfig, default_arch_config, evaluate_base_miou, train_base_segmenter
@@ -81,7 +81,7 @@ def _arch_from_dict(arch: dict) -> SmallPSPNetConfig:
     return SmallPSPNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()})
 
 
-def save_segmenter(model: SmallPSPNet, path: Path, config_hash_: str, fp16: bool = True) -> None:
+def save_weights_file(model: SmallPSPNet, path: Path, config_hash_: str, fp16: bool = True) -> None:
     """torch.save of {'format', 'config_hash', 'arch', 'state_dict'} (floats as float16 if `fp16`)."""
     state = {k: (v.detach().cpu().half() if fp16 and v.is_floating_point() else v.detach().cpu())
              for k, v in model.state_dict().items()}
@@ -92,8 +92,8 @@ def save_segmenter(model: SmallPSPNet, path: Path, config_hash_: str, fp16: bool
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-def load_segmenter(path: Path, device: str = "cpu") -> tuple[SmallPSPNet, str]:
-    """(float32 model in eval mode on `device`, its config hash) from a file written by save_segmenter."""
+def load_weights_file(path: Path, device: str = "cpu") -> tuple[SmallPSPNet, str]:
+    """(float32 model in eval mode on `device`, its config hash) from a file written by save_weights_file."""
     try:
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
         model = SmallPSPNet(_arch_from_dict(payload["arch"]))
@@ -131,8 +131,8 @@ def train_and_save(benchmark_name: str, fold: int, protocol_name: str, *, seed: 
                                        progress=progress, data_root=data_root, log=log,
                                        state_file=training_state_file(digest))
     path = cache_dir() / "segmenters" / f"{digest}.pt" if out is None else Path(out)
-    save_segmenter(model, path, digest, fp16=True)
-    stored, _ = load_segmenter(path, device)
+    save_weights_file(model, path, digest, fp16=True)
+    stored, _ = load_weights_file(path, device)
     miou = evaluate_base_miou(stored, benchmark_name, fold, protocol_name, device=device, data_root=data_root)
     manifest = {
         "file": path.name, "config_hash": digest, "config": config_record(benchmark_name, fold, protocol_name,
@@ -189,7 +189,7 @@ def builtin_segmenter(benchmark_name: str, fold: int, protocol_name: str, device
     shipped = WEIGHTS_DIR / f"{name}.pt"
     manifest = read_manifest(benchmark_name, fold, protocol_name)
     if manifest is not None and manifest.get("config_hash") == digest and shipped.exists():
-        model, stored_hash = load_segmenter(shipped, device)
+        model, stored_hash = load_weights_file(shipped, device)
         if stored_hash == digest:
             return model
         reason = f"the shipped {shipped.name} holds config hash {stored_hash}, not {digest}"
@@ -200,13 +200,13 @@ def builtin_segmenter(benchmark_name: str, fold: int, protocol_name: str, device
                   f"current config is {digest} (code or data version changed)")
     cached = cache_dir() / "segmenters" / f"{digest}.pt"
     if cached.exists():
-        model, stored_hash = load_segmenter(cached, device)
+        model, stored_hash = load_weights_file(cached, device)
         if stored_hash == digest:
             return model
     print(f"{reason}: training the {name} segmenter (a few minutes on CPU); it is cached in {cached}",
           file=sys.stderr, flush=True)
     path = train_and_save(benchmark_name, fold, protocol_name, device=device, progress=progress)
-    model, _ = load_segmenter(path, device)
+    model, _ = load_weights_file(path, device)
     return model
 
 

@@ -1,7 +1,7 @@
 """Protocols (standard / practical) and benchmarks (folds and class splits)."""
 
 from gfss_bench.protocols.benchmark_files import resolve_benchmark
-from gfss_bench.protocols.benchmarks import (
+from gfss_bench.protocols.catalog import (
     BENCHMARKS, Benchmark, EvaluationSettings, get_benchmark, register_benchmark, scaled_min_support_pixels)
 from gfss_bench.protocols.protocols import PROTOCOLS, Protocol, get_protocol
 

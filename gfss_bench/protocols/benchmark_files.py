@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from gfss_bench.errors import GFSSError
-from gfss_bench.protocols.benchmarks import (
+from gfss_bench.protocols.catalog import (
     BENCHMARKS, BUILTIN_BENCHMARKS, OFFICIAL_IMAGE_SIZE, SUPPORT_SOURCES, Benchmark, check_definition,
     register_benchmark, scaled_min_support_pixels)
 from gfss_bench.registry import registering_from, unknown_choice_message

@@ -7,7 +7,7 @@ from typing import Iterable
 
 import numpy as np
 
-from gfss_bench.protocols.benchmarks import Benchmark
+from gfss_bench.protocols.catalog import Benchmark
 from gfss_bench.registry import Registry
 
 

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from gfss_bench.errors import GFSSError
 from gfss_bench.results.describe import described, result_label, segmenter_label, versions
-from gfss_bench.results.report import GROUP_COLUMNS, group_title
+from gfss_bench.results.tables import GROUP_COLUMNS, group_title
 
 SUMMARY_KEYS = GROUP_COLUMNS + ["segmenter", "protocol_version", "episodes"]  # segmenter: the label
 PAIR_KEYS = SUMMARY_KEYS + ["fold", "run", "seed"]

@@ -16,7 +16,7 @@ from typing import Iterable
 import pandas as pd
 
 from gfss_bench.results.board import DETAIL_COLUMNS, Cell, Group, Leaderboard, Row
-from gfss_bench.results.report import GROUP_COLUMNS, METRIC_TITLES, run_rows
+from gfss_bench.results.tables import GROUP_COLUMNS, METRIC_TITLES, run_rows
 
 # ----------------------------------------------------------------------------------------------- CSV
 

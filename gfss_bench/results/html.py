@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from html import escape
 
 from gfss_bench.results.board import Cell, Group, Leaderboard
-from gfss_bench.results.report import METRIC_TITLES
+from gfss_bench.results.tables import METRIC_TITLES
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 72rem;

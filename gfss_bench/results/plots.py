@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from gfss_bench.results.board import Group, Leaderboard
-from gfss_bench.results.report import GROUP_COLUMNS, group_title, per_class_frame, per_class_matrix
+from gfss_bench.results.tables import GROUP_COLUMNS, group_title, per_class_frame, per_class_matrix
 
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
 METRIC_STYLE = {  # metric column -> (legend label, colour, hatch)

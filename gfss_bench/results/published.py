@@ -13,7 +13,7 @@ from importlib import resources
 
 import pandas as pd
 
-from gfss_bench.evaluation.metrics import harmonic_mean
+from gfss_bench.metrics import harmonic_mean
 
 COLUMNS = ["method", "label", "benchmark", "protocol", "convention", "shot", "base_miou", "novel_miou",
            "mean_miou", "hm_miou", "total_miou"]

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from gfss_bench.evaluation.metrics import score_probabilities
-from gfss_bench.evaluation.runner import RunSpec, execute
+from gfss_bench.scoring import score_probabilities
+from gfss_bench.evaluation.runner import execute
+from gfss_bench.evaluation.spec import RunSpec
 from gfss_bench.errors import GFSSError
 from gfss_bench.protocols import get_benchmark
 from gfss_bench.results.store import ResultStore
@@ -98,7 +99,7 @@ def test_scoring_takes_label_size_probabilities_as_they_are(monkeypatch):
     def no_resampling(*args, **kwargs):
         raise AssertionError("label-size probabilities must not be resampled")
 
-    monkeypatch.setattr("gfss_bench.evaluation.metrics.F.interpolate", no_resampling)
+    monkeypatch.setattr("gfss_bench.metrics.F.interpolate", no_resampling)
     confusion = score_probabilities(probs, labels, 4)
     pred, valid = probs.argmax(1), labels != 255
     expected = torch.zeros(4, 4, dtype=torch.int64)

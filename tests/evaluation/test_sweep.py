@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gfss_bench.evaluation.runner import RunSpec
+from gfss_bench.evaluation.spec import RunSpec
 from gfss_bench.evaluation.sweep import expand, load_config, run_sweep
 from gfss_bench.errors import GFSSError
 from gfss_bench.results.store import ResultStore

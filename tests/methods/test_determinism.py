@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 FAST_OPTIONS = {"diam": dict(iterations=3), "finetune": dict(iterations=3)}
 SCRIPT = """
 import sys, torch
-from gfss_bench.evaluation.metrics import score_probabilities
+from gfss_bench.scoring import score_probabilities
 from gfss_bench.methods import METHODS, build_method
 from tests.methods.test_determinism import FAST_OPTIONS
 task = torch.load(sys.argv[1], weights_only=False)

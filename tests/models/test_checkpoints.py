@@ -27,7 +27,7 @@ def test_truncated_shipped_weights_are_a_clear_error(tmp_path):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(shipped.read_bytes()[:1000])
     with pytest.raises(GFSSError, match="cannot be loaded"):
-        zoo.load_segmenter(broken)
+        zoo.load_weights_file(broken)
 
 
 def test_concurrent_atomic_writes_leave_one_whole_file(tmp_path):

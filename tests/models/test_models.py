@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from gfss_bench.benchmark import synthetic
+from gfss_bench.data import synthetic
 from gfss_bench.models import zoo
 from gfss_bench.models.segmenter import Segmenter
 from gfss_bench.models.small_pspnet import build_small_pspnet
-from gfss_bench.models.training import TrainConfig, resize_and_pad_for_training, train_on_arrays
+from gfss_bench.data.transforms import preprocess
+from gfss_bench.models.training import TrainConfig, plateau_reached, train_on_arrays
 from gfss_bench.protocols import get_benchmark, get_protocol
 
 COMBINATIONS = [(b, f, p) for b, folds in (("synthetic5i", 4), ("synthetic10i", 2))
@@ -39,30 +40,83 @@ def test_shapes_and_classifier_interface():
 
 def _tiny_training_set(count=8, size=97):
     benchmark, protocol = get_benchmark("synthetic5i"), get_protocol("practical")
-    lut = protocol.training_label_lut(benchmark, 0)
+    lut = torch.from_numpy(protocol.training_label_lut(benchmark, 0))
     images, labels = [], []
     for index in range(count):
-        image, label = synthetic.generate_sample("train", index)
-        image, label = resize_and_pad_for_training(image, label, size)
+        image, label = preprocess(*synthetic.generate_sample("train", index), size)
         images.append(image)
         labels.append(lut[label])
-    return np.stack(images), np.stack(labels)
+    return torch.stack(images), torch.stack(labels)
+
+
+def _train(config, evaluate=None, state_file=None):
+    torch.set_num_threads(1)
+    images, labels = _tiny_training_set()
+    torch.manual_seed(0)
+    return train_on_arrays(build_small_pspnet(16), images, labels, config, evaluate=evaluate, state_file=state_file)
+
+
+def _same_weights(a, b):
+    return all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
 
 
 def test_a_few_training_steps_reduce_the_loss_and_are_deterministic():
-    torch.set_num_threads(1)
-    images, labels = _tiny_training_set()
     config = TrainConfig(steps=40, batch_size=4, warmup_steps=5, lr=3e-3, seed=3)
-    runs = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        model = build_small_pspnet(16)
-        losses = train_on_arrays(model, images, labels, config, progress=False)
-        runs.append((losses, model.state_dict()))
-    losses = runs[0][0]
-    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
-    assert runs[0][0] == runs[1][0], "same seed, same losses"
-    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+    first, second = _train(config), _train(config)
+    assert np.mean(first.losses[-5:]) < 0.7 * np.mean(first.losses[:5])
+    assert first.losses == second.losses, "same seed, same losses"
+    assert _same_weights(first.ema, second.ema) and _same_weights(first.model, second.model)
+    assert not _same_weights(first.ema, first.model), "the EMA weights are an average, not the last weights"
+
+
+def test_training_inputs_are_exactly_the_evaluation_preprocessing():
+    """The small recipe trains on what evaluation scores: `transforms.preprocess` (OpenCV), item for item."""
+    from gfss_bench.data.datasets import open_split
+    from gfss_bench.models.training import load_preprocessed
+
+    split = open_split(get_benchmark("synthetic5i"), "train")
+    images, labels = load_preprocessed(split, 97, [3, 0])
+    for row, index in enumerate([3, 0]):
+        image, label = preprocess(*split.load(index), 97)
+        assert torch.equal(images[row], image) and torch.equal(labels[row].long(), label)
+
+
+def test_plateau_rule_compares_each_point_with_the_one_at_half_the_steps():
+    config = TrainConfig(eval_every=250, min_steps=1000, plateau_gain=0.005)
+    curve = [[250, 0.5], [500, 0.80], [750, 0.84], [1000, 0.804]]
+    assert plateau_reached(curve, config)  # 1000 vs 500: +0.4 points
+    assert not plateau_reached(curve[:3], config)  # 750 has no point at 375, and is below min_steps
+    assert not plateau_reached(curve[:-1] + [[1000, 0.806]], config)  # +0.6 points
+    assert not plateau_reached([[250, 0.5], [500, 0.5]], config)  # below min_steps
+    assert not plateau_reached([], config)
+
+
+def test_training_stops_at_the_plateau():
+    points = iter([0.2, 0.6, 0.70, 0.71, 0.71, 0.703])  # at 2, 4, ..., 12: 8 vs 4 gains 11 points, 12 vs 6 0.3
+    state = _train(TrainConfig(steps=40, batch_size=4, warmup_steps=2, eval_every=2, min_steps=8, seed=1),
+                   evaluate=lambda model: next(points))
+    assert state.step == 12 and [s for s, _ in state.curve] == [2, 4, 6, 8, 10, 12]
+
+
+def test_an_interrupted_training_resumes_bit_for_bit(tmp_path):
+    config = TrainConfig(steps=12, batch_size=4, warmup_steps=2, eval_every=4, min_steps=100, seed=2)
+    uninterrupted = _train(config, evaluate=lambda model: 0.5)
+    state_file = tmp_path / "state.pt"
+    calls = []
+
+    def interrupted(model):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return 0.5
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(config, evaluate=interrupted, state_file=state_file)
+    assert state_file.exists()  # saved at step 4
+    resumed = _train(config, evaluate=lambda model: 0.5, state_file=state_file)
+    assert resumed.losses == uninterrupted.losses and resumed.curve == uninterrupted.curve
+    assert _same_weights(resumed.ema, uninterrupted.ema) and _same_weights(resumed.model, uninterrupted.model)
+    assert not state_file.exists(), "a finished training removes its resume state"
 
 
 def test_config_hash_covers_data_version_fold_protocol_and_hyperparameters(monkeypatch):
@@ -83,8 +137,8 @@ def test_config_hash_covers_data_version_fold_protocol_and_hyperparameters(monke
 def test_save_and_load_round_trip_in_fp16(tmp_path):
     torch.manual_seed(0)
     model = build_small_pspnet(11).eval()
-    zoo.save_segmenter(model, tmp_path / "m.pt", "abc", fp16=True)
-    loaded, digest = zoo.load_segmenter(tmp_path / "m.pt")
+    zoo.save_weights_file(model, tmp_path / "m.pt", "abc", fp16=True)
+    loaded, digest = zoo.load_weights_file(tmp_path / "m.pt")
     assert digest == "abc" and not loaded.training
     x = torch.randn(1, 3, 97, 97)
     with torch.no_grad():
@@ -103,7 +157,7 @@ def test_shipped_weights_match_the_current_config(benchmark_name, fold, protocol
         f"{name}.pt is stale: retrain it with `{manifest['command']}`")
     assert path.stat().st_size < 1_500_000
     assert manifest["val_base_miou"] >= 0.5 and manifest["train_seconds"] > 0 and manifest["command"]
-    model, stored = zoo.load_segmenter(path)
+    model, stored = zoo.load_weights_file(path)
     assert stored == current
     assert model.num_outputs == len(get_benchmark(benchmark_name).base_classes(fold)) + 1
 
@@ -126,7 +180,7 @@ def test_builtin_segmenter_trains_once_when_stale_and_reuses_the_cache(monkeypat
     def fake_train_and_save(benchmark_name, fold, protocol_name, **kwargs):
         calls.append((benchmark_name, fold, protocol_name))
         path = tmp_path / "cache" / "segmenters" / f"{zoo.config_hash(benchmark_name, fold, protocol_name)}.pt"
-        zoo.save_segmenter(build_small_pspnet(11), path, zoo.config_hash(benchmark_name, fold, protocol_name))
+        zoo.save_weights_file(build_small_pspnet(11), path, zoo.config_hash(benchmark_name, fold, protocol_name))
         return path
 
     monkeypatch.setattr(zoo, "train_and_save", fake_train_and_save)
@@ -155,12 +209,12 @@ def test_shipped_weights_reproduce_their_manifest_miou():
 def test_train_and_cache_copies_weights_and_manifest_to_out(monkeypatch, tmp_path):
     def fake_train_and_save(benchmark_name, fold, protocol_name, **kwargs):
         path = tmp_path / "cache" / "abc.pt"
-        zoo.save_segmenter(build_small_pspnet(16), path, "abc")
+        zoo.save_weights_file(build_small_pspnet(16), path, "abc")
         path.with_suffix(".json").write_text(json.dumps({"config_hash": "abc", "val_base_miou": 0.61}))
         return path
 
     monkeypatch.setattr(zoo, "train_and_save", fake_train_and_save)
     info = zoo.train_and_cache("synthetic5i", 0, "practical", out=tmp_path / "out" / "model")
     assert info["base_miou"] == 0.61 and info["path"] == tmp_path / "out" / "model.pt"
-    assert zoo.load_segmenter(info["path"])[1] == "abc"
+    assert zoo.load_weights_file(info["path"])[1] == "abc"
     assert json.loads((tmp_path / "out" / "model.json").read_text())["config_hash"] == "abc"

@@ -160,7 +160,7 @@ def test_run_with_pspnet_checkpoint_file(reference, tmp_path):
 
 def test_a_checkpoint_trained_for_another_fold_is_refused(reference, tmp_path):
     """`gfss-bench train` files carry the novel classes they were trained without; another fold's are refused."""
-    from gfss_bench.evaluation.runner import RunSpec
+    from gfss_bench.evaluation.spec import RunSpec
     from gfss_bench.models.families import SegmenterContext, SegmenterLoader
     from gfss_bench.protocols import get_benchmark
 
@@ -180,7 +180,7 @@ def test_a_checkpoint_trained_for_another_fold_is_refused(reference, tmp_path):
                                                 r"synthetic5i fold 0"):
                 loader(spec, torch.device("cpu"))
         else:
-            source = loader(spec, torch.device("cpu")).checkpoint_source
+            source = loader(spec, torch.device("cpu")).source
             assert source["trained_for"] == {"benchmark": "synthetic5i", "fold": 0, "protocol": "practical"}
 
 

@@ -12,8 +12,8 @@ import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
-from gfss_bench.benchmark import synthetic
-from gfss_bench.benchmark.datasets import open_split
+from gfss_bench.data import synthetic
+from gfss_bench.data.datasets import open_split
 from gfss_bench.cli import cli
 from gfss_bench.errors import GFSSError
 from gfss_bench.models import load_segmenter

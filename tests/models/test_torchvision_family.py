@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 from torchvision.models import segmentation
 
-from gfss_bench.evaluation.runner import RunSpec
+from gfss_bench.evaluation.spec import RunSpec
 from gfss_bench.cli import cli
 from gfss_bench.errors import GFSSError
 from gfss_bench.models.families import SegmenterContext, SegmenterLoader
@@ -42,8 +42,9 @@ def test_features_classifier_and_logits_match_the_model(tmp_path, architecture, 
     segmenter_id = loader.add("torchvision", f"{architecture}={path}", CONTEXT)
     assert segmenter_id.startswith(f"torchvision:{architecture}:") and len(segmenter_id.rsplit(":", 1)[1]) == 16
     spec = RunSpec.create("base", "synthetic5i", 0, "practical", 1, segmenter=segmenter_id)
-    segmenter = loader(spec, CPU)
-    assert not segmenter.training and segmenter.checkpoint_source["path"] == str(path.resolve())
+    loaded = loader(spec, CPU)
+    segmenter = loaded.segmenter
+    assert not segmenter.training and loaded.source["path"] == str(path.resolve())
 
     images = torch.randn(2, 3, 65, 65, generator=torch.Generator().manual_seed(1))
     own = {}

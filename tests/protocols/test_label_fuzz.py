@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gfss_bench.protocols import PROTOCOLS
-from gfss_bench.protocols.benchmarks import Benchmark
+from gfss_bench.protocols.catalog import Benchmark
 
 
 @st.composite

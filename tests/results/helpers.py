@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 
-from gfss_bench.evaluation.metrics import CONVENTIONS, scores
+from gfss_bench.metrics import CONVENTIONS, scores
 from gfss_bench.protocols import BENCHMARKS
 
 PROVENANCE = {"git_commit": "0123456789abcdef0123", "created": "2025-01-02T03:04:05+00:00", "device": "cpu",

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from gfss_bench.cli import cli
 from gfss_bench.results.compare import confidence_interval, paired_differences, summarize, t_quantile
 from gfss_bench.results.published import load_published, published_rows
-from gfss_bench.results.report import leaderboard
+from gfss_bench.results.tables import leaderboard
 from gfss_bench.results.store import ResultStore
 
 from .helpers import make_result

@@ -8,7 +8,8 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from gfss_bench.evaluation.runner import RunSpec, execute
+from gfss_bench.evaluation.runner import execute
+from gfss_bench.evaluation.spec import RunSpec
 from gfss_bench.cli import cli
 from gfss_bench.results.store import ResultStore
 from tests.evaluation.test_runner import CountingLoader

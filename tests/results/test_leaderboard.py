@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from gfss_bench.cli import cli
-from gfss_bench.results.report import (fold_rows, filter_results, leaderboard, per_class_frame, per_class_matrix,
-                                       sort_board)
+from gfss_bench.results.tables import (fold_rows, filter_results, leaderboard, per_class_frame, per_class_matrix,
+                                      sort_board)
 from gfss_bench.results.store import ResultStore
 
 from .helpers import make_result, two_methods

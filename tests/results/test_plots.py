@@ -15,7 +15,7 @@ from gfss_bench.cli import cli
 from gfss_bench.results.plots import (OKABE_ITO, bars_figure, class_heatmap_figure, make_figures, shots_figure,
                                       tradeoff_figure)
 from gfss_bench.results.board import Leaderboard
-from gfss_bench.results.report import per_class_frame
+from gfss_bench.results.tables import per_class_frame
 from gfss_bench.results.store import ResultStore
 
 from .helpers import make_result, two_methods

@@ -6,7 +6,7 @@ import pytest
 from gfss_bench.results.board import Leaderboard
 from gfss_bench.results.describe import method_label
 from gfss_bench.results.exports import aggregated_csv
-from gfss_bench.results.report import leaderboard
+from gfss_bench.results.tables import leaderboard
 
 
 def fake_result(method, fold, base, novel, options=None, benchmark="synthetic5i", shot=1, convention="diam"):

@@ -15,12 +15,12 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from gfss_bench.benchmark.datasets import open_split
-from gfss_bench.benchmark.prepare import coco_class_ids, prepare_coco, prepare_pascal
+from gfss_bench.data.datasets import open_split
+from gfss_bench.data.prepare import coco_class_ids, prepare_coco, prepare_pascal
 from gfss_bench.cli import cli
 from gfss_bench.errors import GFSSError
 from gfss_bench.protocols import get_benchmark
-from gfss_bench.protocols.benchmarks import COCO_CLASSES
+from gfss_bench.protocols.catalog import COCO_CLASSES
 
 # The 80 COCO 2014 category ids (1..90 with gaps), in order: class id i+1 is COCO_CATEGORY_IDS[i].
 COCO_CATEGORY_IDS = (list(range(1, 12)) + list(range(13, 26)) + [27, 28] + list(range(31, 45))

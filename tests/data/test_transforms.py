@@ -6,8 +6,8 @@ import pytest
 import torch
 import cv2
 
-from gfss_bench.evaluation.features import _PreparedBatches
-from gfss_bench.benchmark.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, preprocess, resized_shape
+from gfss_bench.models.features import _PreparedBatches
+from gfss_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, preprocess, resized_shape
 
 
 def official_steps(image, label, size):

@@ -7,10 +7,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from gfss_bench.benchmark.datasets import open_split
-from gfss_bench.benchmark.episodes import query_candidates
-from gfss_bench.evaluation.features import EXTRACTION_CHUNK, Extractor, FeatureConfig, StoredFeatures, StreamedFeatures
-from gfss_bench.evaluation.runner import RunSpec, execute
+from gfss_bench.data.datasets import open_split
+from gfss_bench.data.episodes import query_candidates
+from gfss_bench.models.features import EXTRACTION_CHUNK, Extractor, FeatureConfig, StoredFeatures, StreamedFeatures
+from gfss_bench.evaluation.runner import execute
+from gfss_bench.evaluation.spec import RunSpec
 from gfss_bench.cli import cli
 from gfss_bench.errors import GFSSError
 from gfss_bench.protocols import get_benchmark

@@ -32,7 +32,7 @@ COCO_CLASSES = (
     "teddy bear", "hair drier", "toothbrush",
 )
 
-# Synthetic object classes: a shape and a texture each (see gfss_bench.benchmark.synthetic).
+# Synthetic object classes: a shape and a texture each (see gfss_bench.data.synthetic).
 SYNTHETIC_CLASSES = tuple(f"synth{i:02d}" for i in range(1, 21))
 
 OFFICIAL_IMAGE_SIZE = 417

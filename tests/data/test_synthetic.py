@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gfss_bench.benchmark import synthetic
-from gfss_bench.benchmark.datasets import SegmentationList
+from gfss_bench.data import synthetic
+from gfss_bench.data.datasets import SegmentationList
 from gfss_bench.protocols import get_benchmark
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gfss_bench.benchmark.transforms import preprocess
+from gfss_bench.data.transforms import preprocess
 from gfss_bench.errors import GFSSError
 from gfss_bench.paths import atomic_write_text
 

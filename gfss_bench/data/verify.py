@@ -13,10 +13,10 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gfss_bench.benchmark.datasets import SPLITS, SegmentationList, decode_image
-from gfss_bench.benchmark.prepare import parallel_map
+from gfss_bench.data.datasets import SPLITS, SegmentationList, decode_image
+from gfss_bench.data.prepare import parallel_map
 from gfss_bench.errors import GFSSError
-from gfss_bench.protocols.benchmarks import Benchmark
+from gfss_bench.protocols.catalog import Benchmark
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gfss_bench.evaluation.metrics import confusion_matrix, harmonic_mean, per_class_iou, scores
+from gfss_bench.metrics import harmonic_mean, per_class_iou, scores
+from gfss_bench.scoring import confusion_matrix
 
 
 def numpy_confusion(prediction, target, num_classes):
@@ -108,7 +109,7 @@ def test_scores_match_numpy_reference(num_base, num_novel, size, seed, ignore_fr
     """Random predictions/labels with ignored pixels and classes absent from labels and/or predictions."""
     import math
 
-    from gfss_bench.evaluation.metrics import per_class_iou, scores
+    from gfss_bench.metrics import per_class_iou, scores
 
     k = 1 + num_base + num_novel
     rng = np.random.default_rng(seed)

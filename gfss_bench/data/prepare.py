@@ -21,11 +21,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
-from gfss_bench.benchmark.datasets import SegmentationList
+from gfss_bench.data.datasets import SegmentationList
 from gfss_bench.errors import GFSSError
 from gfss_bench.paths import atomic_write_bytes, atomic_write_text
 from gfss_bench.progress import progress_bar
-from gfss_bench.protocols.benchmarks import COCO_CLASSES
+from gfss_bench.protocols.catalog import COCO_CLASSES
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 SHOWN_PROBLEMS = 5  # files named in one error message; the message also gives the total

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gfss_bench.benchmark.datasets import SegmentationList, decode_image, jpeg_is_complete, open_split
+from gfss_bench.data.datasets import SegmentationList, decode_image, jpeg_is_complete, open_split
 from gfss_bench.errors import GFSSError
 from gfss_bench.protocols import get_benchmark
 
@@ -124,7 +124,7 @@ def test_open_split_pascal_needs_a_data_root(voc_root):
 
 
 def test_open_split_synthetic_uses_the_generated_dataset(monkeypatch, tmp_path):
-    from gfss_bench.benchmark import synthetic
+    from gfss_bench.data import synthetic
 
     root = synthetic.write_dataset(tmp_path / "v", sizes={"train": 2, "val": 1})
     monkeypatch.setattr(synthetic, "ensure_synthetic_dataset", lambda progress=True: root)

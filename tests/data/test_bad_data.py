@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from gfss_bench.evaluation import runner
-from gfss_bench.benchmark.datasets import SegmentationList
-from gfss_bench.evaluation.runner import RunSpec, execute
-from gfss_bench.benchmark.synthetic import ensure_synthetic_dataset
+from gfss_bench.data.datasets import SegmentationList
+from gfss_bench.evaluation.runner import execute
+from gfss_bench.evaluation.spec import RunSpec
+from gfss_bench.data.synthetic import ensure_synthetic_dataset
 from gfss_bench.errors import GFSSError
 from gfss_bench.protocols import get_benchmark
 from gfss_bench.results.store import ResultStore

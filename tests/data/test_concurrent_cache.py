@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = ("import gfss_bench.benchmark.synthetic as s; s.SPLIT_SIZES.update(train=6, val=6); "
+SCRIPT = ("import gfss_bench.data.synthetic as s; s.SPLIT_SIZES.update(train=6, val=6); "
           "print(s.ensure_synthetic_dataset(progress=False))")
 
 

@@ -15,8 +15,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from gfss_bench.benchmark.episodes import make_episode, make_episodes, support_candidates
-from gfss_bench.evaluation.runner import RunSpec, list_episodes
+from gfss_bench.data.episodes import make_episode, make_episodes, support_candidates
+from gfss_bench.evaluation.runner import list_episodes
+from gfss_bench.evaluation.spec import RunSpec
 from gfss_bench.cli import cli
 from gfss_bench.errors import GFSSError
 from gfss_bench.methods import METHODS

@@ -225,7 +225,7 @@ def open_split(benchmark, split: str, data_root: Optional[Path | str] = None) ->
     if split not in SPLITS:
         raise GFSSError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if benchmark.generated:
-        from gfss_bench.benchmark.synthetic import ensure_synthetic_dataset
+        from gfss_bench.data.synthetic import ensure_synthetic_dataset
 
         root = ensure_synthetic_dataset()
     elif data_root is not None:

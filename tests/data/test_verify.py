@@ -7,12 +7,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from gfss_bench.benchmark.prepare import prepare_pascal
-from gfss_bench.benchmark.verify import verify_dataset
+from gfss_bench.data.prepare import prepare_pascal
+from gfss_bench.data.verify import verify_dataset
 from gfss_bench.cli import cli
 from gfss_bench.errors import GFSSError
 from gfss_bench.protocols import get_benchmark
-from tests.benchmark.test_prepare import VOC_STEMS, VOC_VAL, make_voc_root, write_label
+from tests.data.test_prepare import VOC_STEMS, VOC_VAL, make_voc_root, write_label
 
 TRAIN_STEMS = VOC_STEMS[:3]  # make_voc_root gives image i the class 1 + i
 

@@ -1,0 +1,132 @@
+"""`report`, `export` and `plot`: stored results as tables, files and figures (no model is run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from gfss_bench.cli import common
+from gfss_bench.cli.common import RESULT_FILTERS, load_results
+
+SORT_CHOICES = ["hm", "base", "novel", "mean", "total", "method"]
+
+
+@click.command()
+@RESULT_FILTERS
+@click.option("--format", "output_format", type=click.Choice(["table", "csv"]), default="table", show_default=True)
+@click.option("--sort", "sort_by", type=click.Choice(SORT_CHOICES), default="hm", show_default=True,
+              help="Order rows by this metric (best first) or by method name.")
+@click.option("--per-fold", is_flag=True, help="Also show the fold breakdown (mean ± std over each fold's runs).")
+@click.option("--per-class", is_flag=True, help="Also show per-class IoU per fold, from the stored confusion matrices.")
+@click.option("--published", is_flag=True,
+              help="Add the published results (same benchmark, protocol, convention, shot) and the gap to them.")
+@click.option("--compare", nargs=2, metavar="A B", default=None,
+              help="Paired per-run differences A - B with a 95% t-interval, instead of the leaderboard.")
+def report(results_dir, benchmarks, protocols, shots, methods, conventions, output_format, sort_by, per_fold,
+           per_class, published, compare):
+    """Show stored results as a leaderboard (fold means per method, ± std over runs)."""
+    from gfss_bench.results import report as rep, tables
+
+    results = load_results(results_dir, benchmarks, protocols, shots, methods, conventions)
+    if compare:
+        from gfss_bench.results.compare import paired_differences, print_comparison, summarize
+
+        a, b = compare
+        pairs, mismatched = paired_differences(results, a, b)
+        summary = summarize(pairs)
+        if output_format == "csv":
+            click.echo(summary.to_csv(index=False, float_format="%.4f"), nl=False)
+        else:
+            print_comparison(pairs, summary, a, b, mismatched, common.console)
+        return
+    from gfss_bench.results.board import Leaderboard
+    from gfss_bench.results.exports import aggregated_csv
+    from gfss_bench.results.published import published_rows
+
+    board = Leaderboard.build(results, sort_by, published_rows() if published else None)
+    if output_format == "csv":
+        if per_class:
+            click.echo(tables.per_class_frame(results).to_csv(index=False, float_format="%.2f"), nl=False)
+        elif per_fold:
+            click.echo(tables.fold_rows(results).to_csv(index=False, float_format="%.2f"), nl=False)
+        else:
+            click.echo(aggregated_csv(board), nl=False)
+        return
+    rep.print_leaderboard(board, common.console)
+    if per_fold:
+        rep.print_per_fold(tables.fold_rows(results), common.console)
+    if per_class:
+        rep.print_per_class(tables.per_class_frame(results), common.console)
+
+
+@click.command()
+@RESULT_FILTERS
+@click.option("--format", "output_format", type=click.Choice(["csv", "latex", "markdown", "json", "html"]),
+              default="csv", show_default=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Write here instead of stdout. For csv, the tidy file goes to PATH and the aggregated one "
+                   "to PATH with '-aggregated' added before the suffix.")
+@click.option("--aggregated", is_flag=True, help="csv to stdout: the aggregated table instead of the tidy one.")
+@click.option("--std", is_flag=True, help="latex/markdown: add ± std over runs to every value.")
+@click.option("--sort", "sort_by", type=click.Choice(SORT_CHOICES), default="hm", show_default=True)
+@click.option("--published", is_flag=True,
+              help="Add the published reference rows and the gap to them (every format but the tidy csv).")
+def export(results_dir, benchmarks, protocols, shots, methods, conventions, output_format, out_path, aggregated,
+           std, sort_by, published):
+    """Export stored results: tidy + aggregated CSV, LaTeX (booktabs), Markdown, JSON or a static HTML page."""
+    from gfss_bench.paths import atomic_write_text
+    from gfss_bench.results import exports
+
+    from gfss_bench.results.board import Leaderboard
+    from gfss_bench.results.published import published_rows
+
+    results = load_results(results_dir, benchmarks, protocols, shots, methods, conventions)
+    board = Leaderboard.build(results, sort_by, published_rows() if published else None)
+    if output_format == "csv":
+        if out_path:
+            path = Path(out_path)
+            aggregated_path = path.with_name(f"{path.stem}-aggregated{path.suffix or '.csv'}")
+            atomic_write_text(path, exports.tidy_csv(results))
+            atomic_write_text(aggregated_path, exports.aggregated_csv(board))
+            common.err_console.print(f"wrote {path} (one row per method x fold x run) and {aggregated_path} (fold means)")
+            return
+        text = exports.aggregated_csv(board) if aggregated else exports.tidy_csv(results)
+    elif output_format == "latex":
+        text = exports.latex(board, std=std)
+    elif output_format == "markdown":
+        text = exports.markdown(board, std=std)
+    elif output_format == "json":
+        text = exports.json_export(board, results)
+    else:
+        from gfss_bench.results.html import html_page
+        text = html_page(board)
+    if out_path:
+        atomic_write_text(Path(out_path), text)
+        common.err_console.print(f"wrote {out_path}")
+    else:
+        click.echo(text, nl=False)
+
+
+@click.command()
+@RESULT_FILTERS
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["bars", "shots", "tradeoff", "classes", "all"]),
+              default=("all",), show_default=True,
+              help="bars: base/novel/HM per method; shots: novel mIoU vs. shots; tradeoff: base vs. novel with "
+                   "iso-HM curves; classes: per-class IoU heat-map per fold (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="plots", show_default=True,
+              help="Folder for the figures.")
+def plot(results_dir, benchmarks, protocols, shots, methods, conventions, kinds, fmt, out_dir):
+    """Draw figures from stored results (one file per figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from gfss_bench.results.plots import KINDS, make_figures, save_figures
+
+    results = load_results(results_dir, benchmarks, protocols, shots, methods, conventions)
+    selected = KINDS if "all" in kinds else tuple(kinds)
+    paths = save_figures(make_figures(results, selected), out_dir, fmt)
+    if not paths:
+        common.err_console.print("no figures: no stored results match (or, for shots, only one shot count is stored)")
+    for path in paths:
+        common.console.print(str(path), highlight=False)

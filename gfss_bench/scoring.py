@@ -1,0 +1,44 @@
+"""Counting predictions into an int64 confusion matrix (torch), as the official evaluation scores
+(docs/protocol.md §4a). The arithmetic on the counts is `gfss_bench.metrics`.
+
+Rows are ground truth, columns predictions, in the episode label space; pixels labelled 255 are never counted.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_LABEL = 255
+
+
+def confusion_matrix(prediction: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """int64 [K, K] counts of (target, prediction) pairs over pixels whose target is not 255."""
+    target = target.reshape(-1).long()
+    prediction = prediction.reshape(-1).long().to(target.device)
+    keep = target != IGNORE_LABEL
+    target, prediction = target[keep], prediction[keep]
+    if target.numel() and (int(target.max()) >= num_classes or int(target.min()) < 0):
+        raise ValueError(f"label {int(target.max())} outside 0..{num_classes - 1} (and 255 ignore)")
+    if prediction.numel() and (int(prediction.max()) >= num_classes or int(prediction.min()) < 0):
+        raise ValueError(f"prediction outside 0..{num_classes - 1}")
+    counts = torch.bincount(target * num_classes + prediction, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).cpu()
+
+
+def score_probabilities(probs: torch.Tensor, labels: torch.Tensor, num_classes: int, chunk: int = 16
+                        ) -> torch.Tensor:
+    """Upsample [Q, K, h, w] class scores (probabilities, or logits for a base segmenter) bilinearly
+    (align_corners=True) to the label size, argmax, count (facts §4).
+
+    Scores already at the label size (methods that decide at label resolution) are used as they are.
+    """
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # counted on the probabilities' device
+    labels = labels.to(probs.device)
+    at_label_size = tuple(probs.shape[-2:]) == tuple(labels.shape[-2:])
+    for start in range(0, probs.shape[0], chunk):
+        upsampled = probs[start:start + chunk]
+        if not at_label_size:
+            upsampled = F.interpolate(upsampled, size=labels.shape[-2:], mode="bilinear", align_corners=True)
+        confusion += confusion_matrix(upsampled.argmax(1), labels[start:start + chunk], num_classes)
+    return confusion
