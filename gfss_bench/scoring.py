@@ -29,7 +29,7 @@ def confusion_matrix(prediction: torch.Tensor, target: torch.Tensor, num_classes
 def score_probabilities(probs: torch.Tensor, labels: torch.Tensor, num_classes: int, chunk: int = 16
                         ) -> torch.Tensor:
     """Upsample [Q, K, h, w] class scores (probabilities, or logits for a base segmenter) bilinearly
-    (align_corners=True) to the label size, argmax, count (facts §4).
+    (align_corners=True) to the label size, argmax, count (docs/protocol.md §4).
 
     Scores already at the label size (methods that decide at label resolution) are used as they are.
     """

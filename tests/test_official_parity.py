@@ -1,5 +1,5 @@
 """Issue 10: `gfss-bench run -b pascal5i --checkpoint <DIaM-layout file> -m diam` on a VOC-layout folder scores the
-same ground truth, on the same supports and inputs, as the official evaluation (facts §4, §4a, §5).
+same ground truth, on the same supports and inputs, as the official evaluation (docs/protocol.md §4, §4a, §5).
 
 The official evaluation is re-done here from the facts, without gfss-bench's sampler, preprocessing or scoring:
 OpenCV reading, episode remapping at the original resolution, OpenCV resizing and padding, normalisation, the §4a
@@ -151,7 +151,7 @@ def test_run_on_a_voc_folder_and_a_diam_checkpoint_scores_as_the_official_evalua
     torch.manual_seed(5)
     network = _randomise_batchnorm(OfficialPSPNet(len(BASE) + 1), mean=(-0.2, 0.2), var=(0.5, 2.0),
                                    weight=(0.5, 1.5), bias=(-0.2, 0.2))
-    # The official inputs (facts §4a) and features, then the network saved as DIaM saves it
+    # The official inputs (docs/protocol.md §4a) and features, then the network saved as DIaM saves it
     num_base, num_classes = len(BASE), 1 + len(BASE) + len(NOVEL)
     query_lut = lookup({c: 1 + i for i, c in enumerate(BASE)} | {c: 1 + num_base + j for j, c in enumerate(NOVEL)})
     items = [tuple(line.split()) for line in (root / "val.txt").read_text().splitlines()]

@@ -1,6 +1,6 @@
-"""Seeded GFSS episodes (facts §4, §4a): one support set per run, every other eligible val image a query.
+"""Seeded GFSS episodes (docs/protocol.md §4, §4a): one support set per run, every other eligible val image a query.
 
-Two samplers draw the support sets. `diam` (the default) is the official one of DIaM/BCM (facts §4a): one Python
+Two samplers draw the support sets. `diam` (the default) is the official one of DIaM/BCM (docs/protocol.md §4a): one Python
 `random.Random(seed)` stream per (benchmark, fold, shot) evaluation, which the runs continue, so a given seed gives
 the official support images. `independent` draws each run from its own numpy generator, seeded by
 (seed, benchmark, fold, shot, run), so a run's episode does not depend on the other runs. Support sets can also be
@@ -8,7 +8,7 @@ read from a file written by `gfss-bench episodes --format json` (`EpisodeFile`).
 
 Queries are every val image with a base or novel pixel, minus the run's supports. On COCO (`shuffle_queries`) the
 first `max_queries` of a permutation drawn from the run's seed are kept; the official code instead continues one
-shuffled torch DataLoader across runs (facts §4a), so the COCO query subsets differ from the official ones (same
+shuffled torch DataLoader across runs (docs/protocol.md §4a), so the COCO query subsets differ from the official ones (same
 size, also uniformly random); supports are exact.
 """
 
@@ -140,7 +140,7 @@ def make_episode(benchmark: Benchmark, fold: int, shot: int, run: int, seed: int
             raise _no_candidate(benchmark, fold, cls, settings)
         if candidates.size >= shot:
             chosen = rng.choice(candidates, size=shot, replace=False)
-        else:  # facts §4: repeat the found ones
+        else:  # docs/protocol.md §4: repeat the found ones
             chosen = np.resize(rng.permutation(candidates), shot)
         supports.append(chosen)
     return _episode(benchmark, fold, shot, run, seed, pixel_counts, settings, supports, rng)
@@ -149,7 +149,7 @@ def make_episode(benchmark: Benchmark, fold: int, shot: int, run: int, seed: int
 def diam_supports(benchmark: Benchmark, fold: int, shot: int, runs: int, seed: int, pixel_counts: np.ndarray,
                   settings: EvaluationSettings, image_keys: Optional[Sequence[Any]] = None
                   ) -> list[list[list[int]]]:
-    """The official support sets of `runs` runs (facts §4a): [run][novel class][shot] image indices.
+    """The official support sets of `runs` runs (docs/protocol.md §4a): [run][novel class][shot] image indices.
 
     `pixel_counts` are those of the support split; `image_keys` identify its images (an image listed twice in the
     list file is one image; default: the index).

@@ -1,4 +1,4 @@
-"""DIaM's evaluation preprocessing (facts §4a), step by step as the official code does it, at any square size.
+"""DIaM's evaluation preprocessing (docs/protocol.md §4a), step by step as the official code does it, at any square size.
 
 Size: with ratio = size / longer side (a float), the longer side becomes `size` and the other `int(side * ratio)`;
 each side is then floored to a multiple of 8 (so 417 -> 416). Image: OpenCV `resize` of the float32 image with

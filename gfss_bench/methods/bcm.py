@@ -1,6 +1,6 @@
 """`bcm`: base-class mapping (Sakai et al., NeurIPS 2024, "A Surprisingly Simple Approach to GFSS").
 
-Inductive (gfss-facts §8): `fit` builds classifiers from the support set once per run; `predict`
+Inductive (docs/protocol.md §8): `fit` builds classifiers from the support set once per run; `predict`
 then scores each query pixel independently with one linear head per mapping-table entry.
 
 Fit:
@@ -16,7 +16,7 @@ Fit:
    three or more classes, binomial for two). C is chosen over logspace(`c_min_exp`, `c_max_exp`,
    `c_grid_size`) by `cv_folds`-fold `StratifiedKFold` without shuffling, scored by the mean over the
    classes present in the validation fold of one-vs-rest average precision, averaged over folds; ties
-   go to the first C. As in the official code (gfss-facts §8 item 8) the folds stay `cv_folds` when a
+   go to the first C. As in the official code (docs/protocol.md §8 item 8) the folds stay `cv_folds` when a
    class has fewer pixels: scikit-learn then proceeds (its warning is silenced), some validation
    folds lack that class, and a class absent from a training fold is not scored in its validation
    fold. With `bg_sampling`, the label-0 pixels of each training fold and of the final

@@ -1,6 +1,6 @@
 """`diam`: DIaM transductive inference (Hajimiri et al., CVPR 2023), numerically as the official code.
 
-What is computed (gfss-facts §5): every query image is its own task with its own copy of the
+What is computed (docs/protocol.md §5): every query image is its own task with its own copy of the
 classifier (base weights/biases from the frozen segmenter, novel weights initialised to the
 L2-normalised mean support feature of each novel class, novel biases 0). Each task minimises
 

@@ -1,6 +1,6 @@
 """`imprint`: weight imprinting; the novel classes get their (rescaled) support prototypes, no training.
 
-The novel prototype of class j is DIaM's initialisation (gfss-facts §5 step 2): the mean support
+The novel prototype of class j is DIaM's initialisation (docs/protocol.md §5 step 2): the mean support
 feature over every support pixel labelled B+1+j at feature resolution (nearest-downsampled masks),
 L2-normalised. With `rescale` (default) it is then multiplied by the mean L2 norm of the base
 classifier's weight vectors (the columns of `base_weight`), so that novel and base logits live on

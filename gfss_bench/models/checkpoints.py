@@ -1,4 +1,4 @@
-"""Loading base-segmenter checkpoints users already have (facts §6), and `run --checkpoint`.
+"""Loading base-segmenter checkpoints users already have (docs/protocol.md §6), and `run --checkpoint`.
 
 Accepted files (all read with `torch.load(..., weights_only=True)`):
 

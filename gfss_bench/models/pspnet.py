@@ -1,4 +1,4 @@
-"""PSPNet-ResNet50 in the layout of the released GFSS checkpoints (facts §6).
+"""PSPNet-ResNet50 in the layout of the released GFSS checkpoints (docs/protocol.md §6).
 
 Module names follow the checkpoints users already have (DIaM's, after stripping `module.`):
 

@@ -1,6 +1,6 @@
 """Base training of PSPNet-ResNet50 on the base classes of a fold (`gfss-bench train --arch pspnet-resnet50`).
 
-Data: the benchmark's train split (`open_split`), filtered and relabelled by the protocol (facts §3):
+Data: the benchmark's train split (`open_split`), filtered and relabelled by the protocol (docs/protocol.md §3):
 `standard` drops the images that contain a novel class, `practical` keeps them with novel pixels as
 background (`Protocol.keeps_training_image`, `Protocol.training_label_lut`); void stays 255 (ignored).
 
@@ -270,162 +270,199 @@ def train_pspnet(benchmark_name: str, fold: int, protocol_name: str, *, backbone
 
     Returns (model in eval mode on `device`, manifest with 'path': the final checkpoint).
     """
-    benchmark = get_benchmark(benchmark_name)
-    benchmark.check_fold(fold)
-    protocol = get_protocol(protocol_name)
-    config = config.resolved(benchmark)
     device = torch.device(device)
     if amp and device.type != "cuda":
         raise GFSSError("--amp (float16 autocast) needs --device cuda")
-    amp = device.type == "cuda" if amp is None else amp
     if save_every < 1 or workers < 0:
         raise GFSSError(f"--save-every must be >= 1 and --workers >= 0, got {save_every} and {workers}")
-    final, manifest_path, state_path = output_files(out, benchmark_name, protocol_name, fold)
+    run = _PSPNetRun(benchmark_name, fold, protocol_name, config, out, data_root, device, workers,
+                     device.type == "cuda" if amp is None else amp, evaluate, log)
     if force:
-        for path in (final, manifest_path, state_path):
+        for path in (run.final, run.manifest_path, run.state_path):
             path.unlink(missing_ok=True)
-
-    num_outputs = len(benchmark.base_classes(fold)) + 1
-    torch.manual_seed(config.seed)
-    if backbone_weights is not None:
-        model, backbone = pspnet_from_backbone_weights(backbone_weights, num_outputs)
-        log(f"loaded {backbone['tensors']} tensors from {backbone['path']} ({backbone['layout']} layout, "
-            f"{backbone['stem']} stem)")
-    else:
-        model, backbone = PSPNetResNet50(num_outputs), None
-        log("no ImageNet weights: random initialisation (for tests and smoke runs only)")
-
-    train_set = open_split(benchmark, "train", data_root)
-    train_set.class_pixel_counts(progress=console.is_terminal)  # cached; needed to apply the protocol
-    indices = training_indices(train_set, benchmark, fold, protocol)
-    samples = TrainingSamples(train_set, indices, protocol.training_label_lut(benchmark, fold), config)
-    if samples.per_epoch == 0:
-        raise GFSSError(f"{protocol_name} keeps {len(indices)} training image(s) of {benchmark_name} fold {fold}, "
-                        f"fewer than --batch-size {config.batch_size}")
-    total = config.steps or config.epochs * (samples.per_epoch // config.batch_size)
-    identity = {
-        "format": FORMAT, "architecture": PSPNetResNet50.architecture, "stem": model.stem,
-        "benchmark": benchmark_name, "fold": fold, "protocol": protocol_name,
-        "novel_classes": list(benchmark.novel_classes(fold)), "num_outputs": num_outputs, "config": asdict(config),
-        "total_steps": total, "training_images": len(indices), "backbone_sha256": backbone and backbone["sha256"],
-    }
-
-    def finish(trained: PSPNetResNet50, info: dict) -> tuple[PSPNetResNet50, dict]:
-        """Write the manifest, then add the val base mIoU to it (with `evaluate`, unless it holds one)."""
-        atomic_write_text(manifest_path, json.dumps(info, indent=2) + "\n")
-        if evaluate and "val_base_miou" not in info:
-            info["val_base_miou"] = round(evaluate_base_miou(
-                trained, benchmark, fold, device=device, data_root=data_root, batch_size=config.batch_size,
-                workers=workers, progress=console.is_terminal), 4)
-            info["val_base_miou_definition"] = ("mean IoU over base classes (background excluded) on the val split "
-                                                "at the benchmark's image size, novel pixels counted as background")
-            atomic_write_text(manifest_path, json.dumps(info, indent=2) + "\n")
-        return trained.eval(), {**info, "path": str(final)}
-
-    if final.exists():
-        trained = load_checkpoint_segmenter(final, device=str(device))
-        stored = {k: v for k, v in (trained.training_metadata or {}).items() if k in identity}
-        changed = _differences(stored, identity)
-        if changed:
-            raise GFSSError(f"{final} holds a segmenter trained with other settings ({'; '.join(changed[:5])}); "
-                            "pass --force to retrain it, or choose another --out")
-        log(f"{final} is already trained with these settings (--force retrains it)")
-        info = json.loads(manifest_path.read_text()) if manifest_path.exists() else \
-            {"file": final.name, "metadata": trained.training_metadata}
-        trained, info = finish(trained, info)
-        return trained, {**info, "already_trained": True}
-
-    head = [p for name, p in model.named_parameters() if name.split(".", 1)[0] not in BACKBONE_MODULES]
-    body = [p for name in BACKBONE_MODULES for p in getattr(model, name).parameters()]
-    model.to(device).train()
-    optimizer = torch.optim.SGD([{"params": body, "lr_factor": 1.0},
-                                 {"params": head, "lr_factor": config.head_lr_factor}],
-                                lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    start, seconds = 0, 0.0
-    if state_path.exists():
-        try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-            changed = _differences(state["identity"], identity)
-        except Exception as error:  # noqa: BLE001 - unpickling raises many types for damaged files
-            raise GFSSError(f"the resume state {state_path} cannot be read ({type(error).__name__}: {error}); "
-                            "delete it or pass --force to start over") from None
-        if changed:
-            raise GFSSError(f"the resume state {state_path} belongs to a run with other settings "
-                            f"({'; '.join(changed[:5])}); rerun with the original options, pass --force to start "
-                            "over, or choose another --out")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if amp and state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["cpu"])
-        if device.type == "cuda" and state["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        start, seconds = int(state["step"]), float(state["seconds"])
-        log(f"resuming from {state_path} at step {start}/{total}")
-
-    def save_state(step: int) -> None:
-        _atomic_save({"format": FORMAT, "identity": identity, "step": step, "seconds": seconds,
-                      "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                      "rng": {"cpu": torch.get_rng_state(),
-                              "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}},
-                     state_path)
-
-    loader = DataLoader(samples, batch_size=config.batch_size, sampler=range(start * config.batch_size,
-                                                                             total * config.batch_size),
-                        num_workers=workers, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if workers else None, worker_init_fn=_ignore_sigint,
-                        generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG for dropout
-    losses: list[float] = []
-    step, started, clock = start, time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
-    cudnn_benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = device.type == "cuda"
-    bar, task = _progress_bar(f"{benchmark_name} fold {fold} {protocol_name}", total, start)
-    try:
-        with _StopRequest() as stop, bar:
-            for images, labels in loader:
-                for group in optimizer.param_groups:
-                    group["lr"] = poly_lr(config.lr * group["lr_factor"], step, total, config.poly_power)
-                x = normalize(images.to(device, non_blocking=True))  # uint8 through pinned memory, float on the device
-                y = labels.to(device, non_blocking=True).long()
-                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                    logits = model(x)
-                logits = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=True)
-                valid = (y != IGNORE_LABEL).sum().clamp(min=1)  # a crop of padding only gives loss 0, not NaN
-                loss = F.cross_entropy(logits, y, ignore_index=IGNORE_LABEL, reduction="sum") / valid
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                value = loss.item()
-                if not amp and not math.isfinite(value):  # with amp the scaler skips such steps
-                    raise GFSSError(f"the loss became {value} at step {step} of {benchmark_name} fold {fold}; "
-                                    "lower --lr (the last resume state is kept; --force starts over)")
-                losses.append(value)
-                bar.update(task, completed=step, loss=float(np.mean(losses[-20:])),
-                           lr=optimizer.param_groups[0]["lr"])
-                if on_step is not None:
-                    on_step(step, value)
-                if step < total and (stop.requested or step % save_every == 0):
-                    seconds += time.perf_counter() - clock
-                    clock = time.perf_counter()
-                    save_state(step)
-                    log(f"step {step}/{total}: loss {np.mean(losses[-50:]):.4f}, saved {state_path}")
-                    if stop.requested:
-                        raise KeyboardInterrupt
-    finally:
-        torch.backends.cudnn.benchmark = cudnn_benchmark
-    seconds += time.perf_counter() - clock
-
-    metadata = {**identity, "steps_done": step, "backbone_weights": backbone}
-    _atomic_save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                  TRAINING_METADATA: metadata}, final)
-    state_path.unlink(missing_ok=True)
+    run.build_model(backbone_weights)
+    if run.final.exists():
+        return run.already_trained()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    start, seconds, losses = run.train(save_every, on_step)
+    metadata = {**run.identity, "steps_done": run.total, "backbone_weights": run.backbone}
+    _atomic_save({"state_dict": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+                  TRAINING_METADATA: metadata}, run.final)
+    run.state_path.unlink(missing_ok=True)
     info = {
-        "file": final.name, "metadata": metadata, "command": command, "trained_at": started,
-        "train_seconds": round(seconds, 1), "resumed_at_step": start, "device": str(device), "amp": amp,
+        "file": run.final.name, "metadata": metadata, "command": command, "trained_at": started,
+        "train_seconds": round(seconds, 1), "resumed_at_step": start, "device": str(device), "amp": run.amp,
         "workers": workers, "torch_version": torch.__version__,
         "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
     }
-    return finish(model, info)
+    return run.finish(run.model, info)
+
+
+class _PSPNetRun:
+    """One fold's training: its data, identity and files, and the steps `train_pspnet` takes in order (build the
+    model, then either recognise a finished checkpoint or train with resume states, then finish the manifest)."""
+
+    def __init__(self, benchmark_name: str, fold: int, protocol_name: str, config: PSPNetTrainConfig, out: Path,
+                 data_root: Optional[Path], device: torch.device, workers: int, amp: bool, evaluate: bool,
+                 log: Callable[[str], None]) -> None:
+        self.benchmark = get_benchmark(benchmark_name)
+        self.benchmark.check_fold(fold)
+        self.protocol = get_protocol(protocol_name)
+        self.fold, self.config = fold, config.resolved(self.benchmark)
+        self.data_root, self.device, self.workers, self.amp = data_root, device, workers, amp
+        self.evaluate, self.log = evaluate, log
+        self.final, self.manifest_path, self.state_path = output_files(out, benchmark_name, protocol_name, fold)
+        self.num_outputs = len(self.benchmark.base_classes(fold)) + 1
+        train_set = open_split(self.benchmark, "train", data_root)
+        train_set.class_pixel_counts(progress=console.is_terminal)  # cached; needed to apply the protocol
+        self.indices = training_indices(train_set, self.benchmark, fold, self.protocol)
+        self.samples = TrainingSamples(train_set, self.indices, self.protocol.training_label_lut(self.benchmark, fold),
+                                       self.config)
+        if self.samples.per_epoch == 0:
+            raise GFSSError(f"{protocol_name} keeps {len(self.indices)} training image(s) of {benchmark_name} fold "
+                            f"{fold}, fewer than --batch-size {self.config.batch_size}")
+        self.total = self.config.steps or self.config.epochs * (self.samples.per_epoch // self.config.batch_size)
+        self.model: Optional[PSPNetResNet50] = None
+        self.backbone: Optional[dict] = None
+
+    def build_model(self, backbone_weights: Optional[Path]) -> None:
+        """The network to train (ImageNet backbone or random), and the identity a resume state must match."""
+        torch.manual_seed(self.config.seed)
+        if backbone_weights is not None:
+            self.model, self.backbone = pspnet_from_backbone_weights(backbone_weights, self.num_outputs)
+            self.log(f"loaded {self.backbone['tensors']} tensors from {self.backbone['path']} "
+                     f"({self.backbone['layout']} layout, {self.backbone['stem']} stem)")
+        else:
+            self.model = PSPNetResNet50(self.num_outputs)
+            self.log("no ImageNet weights: random initialisation (for tests and smoke runs only)")
+        self.identity = {
+            "format": FORMAT, "architecture": PSPNetResNet50.architecture, "stem": self.model.stem,
+            "benchmark": self.benchmark.name, "fold": self.fold, "protocol": self.protocol.name,
+            "novel_classes": list(self.benchmark.novel_classes(self.fold)), "num_outputs": self.num_outputs,
+            "config": asdict(self.config), "total_steps": self.total, "training_images": len(self.indices),
+            "backbone_sha256": self.backbone and self.backbone["sha256"],
+        }
+
+    def finish(self, trained: PSPNetResNet50, info: dict) -> tuple[PSPNetResNet50, dict]:
+        """Write the manifest, then add the val base mIoU to it (with `evaluate`, unless it holds one)."""
+        atomic_write_text(self.manifest_path, json.dumps(info, indent=2) + "\n")
+        if self.evaluate and "val_base_miou" not in info:
+            info["val_base_miou"] = round(evaluate_base_miou(
+                trained, self.benchmark, self.fold, device=self.device, data_root=self.data_root,
+                batch_size=self.config.batch_size, workers=self.workers, progress=console.is_terminal), 4)
+            info["val_base_miou_definition"] = ("mean IoU over base classes (background excluded) on the val split "
+                                                "at the benchmark's image size, novel pixels counted as background")
+            atomic_write_text(self.manifest_path, json.dumps(info, indent=2) + "\n")
+        return trained.eval(), {**info, "path": str(self.final)}
+
+    def already_trained(self) -> tuple[PSPNetResNet50, dict]:
+        """The finished checkpoint, when it was trained with this identity (else a GFSSError naming what differs)."""
+        trained = load_checkpoint_segmenter(self.final, device=str(self.device))
+        stored = {k: v for k, v in (trained.training_metadata or {}).items() if k in self.identity}
+        changed = _differences(stored, self.identity)
+        if changed:
+            raise GFSSError(f"{self.final} holds a segmenter trained with other settings ({'; '.join(changed[:5])}); "
+                            "pass --force to retrain it, or choose another --out")
+        self.log(f"{self.final} is already trained with these settings (--force retrains it)")
+        info = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else \
+            {"file": self.final.name, "metadata": trained.training_metadata}
+        trained, info = self.finish(trained, info)
+        return trained, {**info, "already_trained": True}
+
+    def _optimizer(self) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler]:
+        head = [p for name, p in self.model.named_parameters() if name.split(".", 1)[0] not in BACKBONE_MODULES]
+        body = [p for name in BACKBONE_MODULES for p in getattr(self.model, name).parameters()]
+        optimizer = torch.optim.SGD([{"params": body, "lr_factor": 1.0},
+                                     {"params": head, "lr_factor": self.config.head_lr_factor}],
+                                    lr=self.config.lr, momentum=self.config.momentum,
+                                    weight_decay=self.config.weight_decay)
+        return optimizer, torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    def _resume(self, optimizer, scaler) -> tuple[int, float]:
+        """(step, seconds) of the resume state, loaded into the model, optimizer, scaler and RNGs; (0, 0) without."""
+        if not self.state_path.exists():
+            return 0, 0.0
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+            changed = _differences(state["identity"], self.identity)
+        except Exception as error:  # noqa: BLE001 - unpickling raises many types for damaged files
+            raise GFSSError(f"the resume state {self.state_path} cannot be read ({type(error).__name__}: {error}); "
+                            "delete it or pass --force to start over") from None
+        if changed:
+            raise GFSSError(f"the resume state {self.state_path} belongs to a run with other settings "
+                            f"({'; '.join(changed[:5])}); rerun with the original options, pass --force to start "
+                            "over, or choose another --out")
+        self.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if self.amp and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if self.device.type == "cuda" and state["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.log(f"resuming from {self.state_path} at step {int(state['step'])}/{self.total}")
+        return int(state["step"]), float(state["seconds"])
+
+    def _save_state(self, step: int, seconds: float, optimizer, scaler) -> None:
+        cuda = self.device.type == "cuda"
+        _atomic_save({"format": FORMAT, "identity": self.identity, "step": step, "seconds": seconds,
+                      "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scaler": scaler.state_dict(),
+                      "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(self.device) if cuda
+                              else None}}, self.state_path)
+
+    def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = normalize(images.to(self.device, non_blocking=True))  # uint8 through pinned memory, float on the device
+        y = labels.to(self.device, non_blocking=True).long()
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            logits = self.model(x)
+        logits = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=True)
+        valid = (y != IGNORE_LABEL).sum().clamp(min=1)  # a crop of padding only gives loss 0, not NaN
+        return F.cross_entropy(logits, y, ignore_index=IGNORE_LABEL, reduction="sum") / valid
+
+    def train(self, save_every: int, on_step: Optional[Callable[[int, float], None]]
+              ) -> tuple[int, float, list[float]]:
+        """The training loop from the resume state (if any) to `total`; returns (start step, seconds, losses)."""
+        config = self.config
+        self.model.to(self.device).train()
+        optimizer, scaler = self._optimizer()
+        start, seconds = self._resume(optimizer, scaler)
+        loader = DataLoader(self.samples, batch_size=config.batch_size,
+                            sampler=range(start * config.batch_size, self.total * config.batch_size),
+                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+                            prefetch_factor=4 if self.workers else None, worker_init_fn=_ignore_sigint,
+                            generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG for dropout
+        losses: list[float] = []
+        step, clock = start, time.perf_counter()
+        cudnn_benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = self.device.type == "cuda"
+        bar, task = _progress_bar(f"{self.benchmark.name} fold {self.fold} {self.protocol.name}", self.total, start)
+        try:
+            with _StopRequest() as stop, bar:
+                for images, labels in loader:
+                    for group in optimizer.param_groups:
+                        group["lr"] = poly_lr(config.lr * group["lr_factor"], step, self.total, config.poly_power)
+                    loss = self._loss(images, labels)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    step += 1
+                    value = loss.item()
+                    if not self.amp and not math.isfinite(value):  # with amp the scaler skips such steps
+                        raise GFSSError(f"the loss became {value} at step {step} of {self.benchmark.name} fold "
+                                        f"{self.fold}; lower --lr (the last resume state is kept; --force starts over)")
+                    losses.append(value)
+                    bar.update(task, completed=step, loss=float(np.mean(losses[-20:])),
+                               lr=optimizer.param_groups[0]["lr"])
+                    if on_step is not None:
+                        on_step(step, value)
+                    if step < self.total and (stop.requested or step % save_every == 0):
+                        seconds += time.perf_counter() - clock
+                        clock = time.perf_counter()
+                        self._save_state(step, seconds, optimizer, scaler)
+                        self.log(f"step {step}/{self.total}: loss {np.mean(losses[-50:]):.4f}, saved {self.state_path}")
+                        if stop.requested:
+                            raise KeyboardInterrupt
+        finally:
+            torch.backends.cudnn.benchmark = cudnn_benchmark
+        return start, seconds + time.perf_counter() - clock, losses

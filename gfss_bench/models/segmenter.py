@@ -1,4 +1,4 @@
-"""The interface every base segmenter satisfies (facts §1, §5).
+"""The interface every base segmenter satisfies (docs/protocol.md §1, §5).
 
 A segmenter is a `torch.nn.Module` whose forward pass gives logits over background + the B base
 classes, computed by a 1x1 classifier on top of post-ReLU features:

@@ -1,6 +1,6 @@
 """A small PSPNet-shaped segmenter for the synthetic benchmarks (output stride 8).
 
-Same structure as the PSPNet-ResNet50 of DIaM/BAM (facts §6), scaled down to ~0.3M parameters:
+Same structure as the PSPNet-ResNet50 of DIaM/BAM (docs/protocol.md §6), scaled down to ~0.3M parameters:
 a strided stem, residual stages (the last ones dilated instead of strided), a pyramid pooling
 module (bins 1, 2, 3, 6; bilinear align_corners=True upsampling; concatenated with its input), a
 3x3 conv-BN-ReLU-Dropout2d bottleneck giving the C-dimensional post-ReLU features, and a 1x1

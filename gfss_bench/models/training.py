@@ -1,6 +1,6 @@
 """Base training of the small recipe's segmenters on the base classes of a fold, and base-class evaluation.
 
-Training follows the protocol (docs/protocol.md, "Protocols"): `standard` drops every training image containing a
+Training follows the protocol (docs/protocol.md §3): `standard` drops every training image containing a
 novel class; `practical` keeps them with the novel pixels labelled background. The loss is plain pixel
 cross-entropy over background + base classes (255 ignored) at the padded input resolution, on images prepared
 exactly as evaluation prepares them (`transforms.preprocess`, OpenCV) at `benchmark.image_size`, with random

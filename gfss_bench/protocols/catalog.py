@@ -1,4 +1,4 @@
-"""Benchmarks: which classes are novel in each fold, and the evaluation settings (facts §2, §4)."""
+"""Benchmarks: which classes are novel in each fold, and the evaluation settings (docs/protocol.md §2, §4)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ SUPPORT_SOURCES = ("val", "train")
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    """How episodes are drawn and images prepared (facts §4); every benchmark has the official values as defaults.
+    """How episodes are drawn and images prepared (docs/protocol.md §4); every benchmark has the official values as defaults.
 
     `image_size`: square input side after resize + pad; `min_support_pixels`: least pixels of its novel class a
     support image must have (original resolution); `max_queries`: queries per run after shuffling (None: every
@@ -159,7 +159,7 @@ class Benchmark:
         return ("background",) + tuple(self.class_names[c - 1] for c in self.episode_classes(fold)[1:])
 
     def episode_label_lut(self, fold: int) -> np.ndarray:
-        """uint8 look-up table original label -> episode label (facts §1); unknown ids map to 255."""
+        """uint8 look-up table original label -> episode label (docs/protocol.md §1); unknown ids map to 255."""
         lut = np.full(256, 255, dtype=np.uint8)
         for episode_label, original in enumerate(self.episode_classes(fold)):
             lut[original] = episode_label

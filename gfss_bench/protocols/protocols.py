@@ -1,4 +1,4 @@
-"""The standard (CAPL-style) and practical (DIaM) GFSS protocols as data (facts §3)."""
+"""The standard (CAPL-style) and practical (DIaM) GFSS protocols as data (docs/protocol.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Published reference results (gfss-facts §7), shipped as package data in `published.json`.
+"""Published reference results (docs/protocol.md §7), shipped as package data in `published.json`.
 
 Published rows carry the paper's base / novel / mean (DIaM convention) or base / novel / total
 (POP convention); the HM of a published row is derived from its base and novel means, exactly as

@@ -89,7 +89,7 @@ def test_coco_queries_are_shuffled_and_capped():
     assert list(episode.queries) != sorted(episode.queries)
 
 
-# --- The official sampler (facts §4a) against an independent re-implementation on VOC-layout folders ---------------
+# --- The official sampler (docs/protocol.md §4a) against an independent re-implementation on VOC-layout folders ---------------
 
 SIDE = 20  # labels are SIDE x SIDE
 MIN_PIXELS = 60  # the support threshold used with these folders (--min-support-pixels)

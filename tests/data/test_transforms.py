@@ -1,4 +1,4 @@
-"""The evaluation preprocessing against the official steps (facts §4a), rewritten here from the text with OpenCV and
+"""The evaluation preprocessing against the official steps (docs/protocol.md §4a), rewritten here from the text with OpenCV and
 torch called directly, and against hand-computed sizes and pure-numpy nearest indices."""
 
 import numpy as np

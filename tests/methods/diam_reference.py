@@ -1,7 +1,7 @@
 """Parity reference for DIaM: a plain autograd implementation laid out like the official code.
 
 It keeps one copy of the classifier per query (task), scores support and query features for every
-task with one einsum, builds the four losses of gfss-facts §5 on full probability tensors, sums
+task with one einsum, builds the four losses of docs/protocol.md §5 on full probability tensors, sums
 the per-task losses and lets `torch.optim.SGD` + `backward()` do the update. It is slow and
 memory-hungry on purpose (it materialises [tasks x support pixels x classes]); `gfss_bench`'s
 `diam` method must reproduce its probabilities.

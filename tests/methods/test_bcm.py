@@ -1,5 +1,5 @@
 """BCM against a scikit-learn pipeline written out by hand (GridSearchCV, brute-force mapping table),
-its CV folds against StratifiedKFold(5) as the official code uses it (gfss-facts §8 item 8), the
+its CV folds against StratifiedKFold(5) as the official code uses it (docs/protocol.md §8 item 8), the
 ensemble weighting on a toy case, background down-sampling and reproducibility."""
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def test_reproducible_from_the_seed():
 
 
 def brute_force_cv(x, y, grid, splits):
-    """gfss-facts §8 items 4 and 8 (no down-sampling): StratifiedKFold(splits), no shuffle; per C, the mean
+    """docs/protocol.md §8 items 4 and 8 (no down-sampling): StratifiedKFold(splits), no shuffle; per C, the mean
     over folds of the mean AP over the validation classes the fold's model saw; folds whose training part
     holds one class cannot be fitted and are not counted."""
     with warnings.catch_warnings():

@@ -1,4 +1,4 @@
-"""An independent PSPNet-ResNet50 built the way the official GFSS code builds it (facts §6), for parity tests.
+"""An independent PSPNet-ResNet50 built the way the official GFSS code builds it (docs/protocol.md §6), for parity tests.
 
 Written separately from gfss_bench.models.pspnet on purpose: a semseg-style ResNet-50 with a deep base whose
 stride-2 stages are turned into dilated ones afterwards by editing the modules (as the official PSPNet does),

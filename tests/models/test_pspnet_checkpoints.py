@@ -1,4 +1,4 @@
-"""PSPNet-ResNet50 checkpoints in DIaM's and BAM's layouts (facts §6), and `run --checkpoint`."""
+"""PSPNet-ResNet50 checkpoints in DIaM's and BAM's layouts (docs/protocol.md §6), and `run --checkpoint`."""
 
 import json
 import shutil
