@@ -2,6 +2,7 @@
 
     python scripts/train_shipped.py                # every stale one, two processes at a time
     python scripts/train_shipped.py --only synthetic5i-fold0-practical   # one of them (what the manifest records)
+    python scripts/train_shipped.py --table        # the README's table of base mIoU, from the manifests
 
 A segmenter is stale when its manifest's config hash is not the current one. Each runs in its own process with one
 torch thread; an interrupted training resumes from its state in the cache (`zoo.training_state_file`). The
@@ -68,11 +69,35 @@ def train_all(jobs: int) -> int:
     return 1 if failed else 0
 
 
+def table() -> str:
+    """Markdown: base mIoU per benchmark, protocol and fold, with the steps run and whether the plateau was reached,
+    read from the manifests (a stale or missing one is marked)."""
+    lines = ["| benchmark | protocol | " + " | ".join(f"fold {f}" for f in range(4)) + " |",
+             "|---|---|" + "---|" * 4]
+    for benchmark, protocol in ORDER:
+        cells = []
+        for fold in range(get_benchmark(benchmark).num_folds):
+            manifest = zoo.read_manifest(benchmark, fold, protocol) or {}
+            if not is_current(benchmark, fold, protocol) or "curve" not in manifest:
+                cells.append("stale")
+                continue
+            curve = dict((step, miou) for step, miou in manifest["curve"])
+            half = curve.get(manifest["steps"] / 2)
+            gain = "" if half is None else f", +{100 * (curve[manifest['steps']] - half):.1f} over the last doubling"
+            cells.append(f"{100 * manifest['val_base_miou']:.1f} ({manifest['steps']} steps{gain})")
+        lines.append(f"| {benchmark} | {protocol} | " + " | ".join(cells + [""] * (4 - len(cells))) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", metavar="NAME", help="train this one in this process")
     parser.add_argument("--jobs", type=int, default=2, help="processes at a time (default 2)")
+    parser.add_argument("--table", action="store_true", help="print the README's table and exit")
     args = parser.parse_args()
+    if args.table:
+        print(table())
+        return 0
     return train_one(args.only) if args.only else train_all(args.jobs)
 
 

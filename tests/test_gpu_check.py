@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = {"diam_probabilities", "bcm_decisions", "pspnet_autocast", "synthetic_run", "torchrun", "train_amp"}
 MEASUREMENTS = {"diam_speed", "feature_speed", "end_to_end"}
@@ -24,6 +26,7 @@ def _numbers(value):
         yield value
 
 
+@pytest.mark.slow  # about 95 s alone on a 2-core CPU: run by .ci/run with `pytest -m slow`
 def test_quick_cpu_run_passes_and_writes_finite_figures(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=1200, cwd=ROOT)

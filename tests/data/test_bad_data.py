@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from gfss_bench.evaluation import runner
+from gfss_bench.evaluation import spec as spec_module
 from gfss_bench.data.datasets import SegmentationList
 from gfss_bench.evaluation.runner import execute
 from gfss_bench.evaluation.spec import RunSpec
@@ -95,6 +96,7 @@ def test_label_outside_benchmark_names_label_file(data_root, on_disk_benchmark, 
 def test_novel_class_without_support_candidate_through_runner(data_root, monkeypatch, tmp_path):
     bench = dataclasses.replace(get_benchmark("synthetic5i"), generated=False, min_support_pixels=10 ** 9)
     monkeypatch.setattr(runner, "get_benchmark", lambda name: bench)
+    monkeypatch.setattr(spec_module, "get_benchmark", lambda name: bench)  # the spec takes its settings from it
     with pytest.raises(GFSSError, match="has no support candidate.*lower --min-support-pixels"):
         execute([spec()], ResultStore(tmp_path / "r"), segmenter_loader=CountingLoader(), data_root=data_root)
     assert not (tmp_path / "r").exists()

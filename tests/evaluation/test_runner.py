@@ -99,7 +99,7 @@ def test_scoring_takes_label_size_probabilities_as_they_are(monkeypatch):
     def no_resampling(*args, **kwargs):
         raise AssertionError("label-size probabilities must not be resampled")
 
-    monkeypatch.setattr("gfss_bench.metrics.F.interpolate", no_resampling)
+    monkeypatch.setattr("gfss_bench.scoring.F.interpolate", no_resampling)
     confusion = score_probabilities(probs, labels, 4)
     pred, valid = probs.argmax(1), labels != 255
     expected = torch.zeros(4, 4, dtype=torch.int64)

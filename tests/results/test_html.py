@@ -3,7 +3,8 @@
 Browser test policy: it drives Debian's /usr/bin/chromium (packages `chromium`, `chromium-driver`) through
 the `playwright` package from the test extra. When the browser (or playwright) is missing the test FAILS
 under CI (environment CI=true, which .ci/run sets) and is SKIPPED elsewhere, with the install command.
-Its screenshot is written to test-artifacts/leaderboard.png (git-ignored).
+Its screenshot is written to the test's temporary folder (pytest's basetemp, printed with `-s`), never into the
+source tree.
 """
 
 import os
@@ -22,7 +23,6 @@ from .helpers import PROVENANCE, make_result, two_methods
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 EVIL = "<script>alert(1)</script>&\"'"
 
 
@@ -64,7 +64,7 @@ def _browser_or_skip():
 
 def test_page_in_headless_chromium(tmp_path):
     sync_playwright = _browser_or_skip()
-    path = tmp_path / "leaderboard.html"
+    path, screenshot = tmp_path / "leaderboard.html", tmp_path / "leaderboard.png"
     path.write_text(html_page(Leaderboard.build(page_results())), encoding="utf-8")
     errors, requests = [], []
     with sync_playwright() as playwright:
@@ -89,10 +89,10 @@ def test_page_in_headless_chromium(tmp_path):
             table.locator("thead th", has_text="method").click()
             assert methods() == ["base", "diam", "evil", "imprint"]                    # text, ascending
             assert page.locator("img").count() == 2
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "leaderboard.png"), full_page=True)
+            page.screenshot(path=str(screenshot), full_page=True)
+            print(f"screenshot: {screenshot}")
         finally:
             browser.close()
     assert errors == []
     assert all(url.startswith(("file:", "data:")) for url in requests), requests
-    assert (ARTIFACTS / "leaderboard.png").stat().st_size > 10_000
+    assert screenshot.stat().st_size > 10_000
