@@ -14,7 +14,8 @@ import argparse
 from gfss_bench.evaluation.runner import execute
 from gfss_bench.evaluation.spec import RunSpec
 from gfss_bench.results.board import Leaderboard
-from gfss_bench.results.report import leaderboard, print_leaderboard
+from gfss_bench.results.report import print_leaderboard
+from gfss_bench.results.tables import leaderboard
 from gfss_bench.results.store import ResultStore
 
 

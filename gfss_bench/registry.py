@@ -12,6 +12,7 @@ import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
 from gfss_bench.errors import GFSSError
+from gfss_bench.userfiles import quote
 
 T = TypeVar("T")
 BUILT_IN = "built-in"
@@ -79,6 +80,6 @@ class Registry(Generic[T]):
 
 def unknown_choice_message(kind: str, name: str, choices: list[str]) -> str:
     """"unknown method 'dim' (did you mean 'diam'?); choose from: base, diam, ..." """
-    close = difflib.get_close_matches(name, choices, n=1)
+    close = difflib.get_close_matches(str(name)[:200], choices, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown {kind} {name!r}{hint}; choose from: {', '.join(choices)}"
+    return f"unknown {kind} {quote(name)}{hint}; choose from: {', '.join(choices)}"

@@ -5,10 +5,13 @@ from __future__ import annotations
 import sys
 
 import click
+from rich.markup import escape
 
 from gfss_bench.cli import catalog, data, evaluate, results, train
 from gfss_bench.cli.common import err_console
 from gfss_bench.errors import GFSSError
+
+MAX_MESSAGE = 4000  # characters of an error message shown
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,7 +30,10 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except GFSSError as error:
-        err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        message = str(error)
+        if len(message) > MAX_MESSAGE:  # a last guard: messages quote at most ~200 characters of any input
+            message = message[:MAX_MESSAGE // 2] + " [...] " + message[-MAX_MESSAGE // 2:]
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except click.exceptions.Abort:
         err_console.print("aborted")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -15,8 +16,8 @@ err_console = Console(stderr=True)
 
 def log(message: str) -> None:
     """Progress and warnings on stderr (warnings in full colour)."""
-    err_console.print(message if message.startswith("warning") else f"[dim]{message}[/]", highlight=False,
-                      soft_wrap=True)
+    err_console.print(message, style=None if message.startswith("warning") else "dim", highlight=False,
+                      markup=False, soft_wrap=True)
 
 
 def parse_method_options(pairs: tuple[str, ...], methods: tuple[str, ...]) -> dict[str, dict[str, str]]:
@@ -102,9 +103,15 @@ def load_results(results_dir, benchmarks, protocols, shots, methods, conventions
 
     benchmarks = tuple(resolve_option("--benchmark", resolve_benchmark, b).name if is_benchmark_file(b) else b
                        for b in benchmarks)
-    results, problems = ResultStore(results_dir).load_all()
-    for problem in problems:
-        err_console.print(f"[red]skipped {problem.path}: {problem.reason}[/]")
+    folder = Path(results_dir).expanduser()
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise GFSSError(f"--results-dir {folder} {what}; pass the folder `gfss-bench run` or `sweep` stored results in "
+                        "(nothing stored yet? run `gfss-bench run` first)")
+    results, problems = ResultStore(folder).load_all()
+    for problem in problems:  # damaged files never stop a report: each is named with its reason
+        err_console.print(f"skipped {problem.path}: {problem.reason}", style="red", highlight=False, markup=False,
+                          soft_wrap=True)
     partial = [r for r in results if r.get("skipped_images")]
     if partial:
         err_console.print(f"note: {len(partial)} result(s) were computed with --skip-bad-images and left out "

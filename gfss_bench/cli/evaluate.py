@@ -149,7 +149,8 @@ def episodes(benchmark, data_root, folds, shots, runs, seed, sampler, output_for
 @click.option("--results-dir", default=None, type=click.Path(file_okay=False),
               help="Where result files are stored (default: the config's results_dir, else results).")
 @click.option("--force", is_flag=True, help="Recompute even when a result with the same id is stored.")
-@click.option("--dry-run", is_flag=True, help="Only list the specs of the grid and whether each is stored.")
+@click.option("--dry-run", is_flag=True,
+              help="Only list the specs of the grid and whether each is stored, damaged, partial or missing.")
 def sweep(config, results_dir, force, dry_run):
     """Evaluate a grid from a YAML file; stored specs are skipped, so rerunning resumes an interrupted sweep."""
     from gfss_bench.evaluation.sweep import expand, load_config, results_dir_of, run_sweep
@@ -158,14 +159,15 @@ def sweep(config, results_dir, force, dry_run):
     from gfss_bench.results.store import ResultStore
 
     settings = load_config(config)
+    where = f"sweep config {config}"
     if dry_run:
+        specs = expand(settings, where)  # checks the settings first
         store = ResultStore(results_dir_of(settings, results_dir))
-        for spec in expand(settings):
-            state = "stored" if store.contains(spec.run_id) else (
-                "partial" if store.partial_path_for(spec.run_id).exists() else "missing")
+        for spec in specs:
+            state = store.state(spec.run_id)  # stored, damaged (recomputed by a real run), partial or missing
             options = ",".join(f"{k}={v}" for k, v in spec.method_options)
             click.echo(f"{spec.run_id} {state:8s} {spec.method}({options}) {spec.benchmark} {spec.protocol} "
                        f"fold {spec.fold} {spec.shot}-shot {spec.convention}")
         return
-    results = run_sweep(settings, results_dir, force=force, log=log)
+    results = run_sweep(settings, results_dir, where, force=force, log=log)
     print_leaderboard(Leaderboard.build(results), common.console)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from gfss_bench.cli import common
 from gfss_bench.cli.common import RESULT_FILTERS, load_results
+from gfss_bench.errors import GFSSError
 
 SORT_CHOICES = ["hm", "base", "novel", "mean", "total", "method"]
 
@@ -64,8 +66,8 @@ def report(results_dir, benchmarks, protocols, shots, methods, conventions, outp
 @click.option("--format", "output_format", type=click.Choice(["csv", "latex", "markdown", "json", "html"]),
               default="csv", show_default=True)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
-              help="Write here instead of stdout. For csv, the tidy file goes to PATH and the aggregated one "
-                   "to PATH with '-aggregated' added before the suffix.")
+              help="Write here instead of stdout (into an existing folder). For csv, the tidy file goes to PATH and "
+                   "the aggregated one to PATH with '-aggregated' added before the suffix.")
 @click.option("--aggregated", is_flag=True, help="csv to stdout: the aggregated table instead of the tidy one.")
 @click.option("--std", is_flag=True, help="latex/markdown: add ± std over runs to every value.")
 @click.option("--sort", "sort_by", type=click.Choice(SORT_CHOICES), default="hm", show_default=True)
@@ -74,21 +76,26 @@ def report(results_dir, benchmarks, protocols, shots, methods, conventions, outp
 def export(results_dir, benchmarks, protocols, shots, methods, conventions, output_format, out_path, aggregated,
            std, sort_by, published):
     """Export stored results: tidy + aggregated CSV, LaTeX (booktabs), Markdown, JSON or a static HTML page."""
-    from gfss_bench.paths import atomic_write_text
     from gfss_bench.results import exports
 
     from gfss_bench.results.board import Leaderboard
     from gfss_bench.results.published import published_rows
 
+    if out_path:
+        folder = Path(out_path).expanduser().parent
+        if not folder.is_dir():
+            raise GFSSError(f"--out {out_path}: the folder {folder} does not exist; create it first or write "
+                            "elsewhere (export creates no folders)")
     results = load_results(results_dir, benchmarks, protocols, shots, methods, conventions)
     board = Leaderboard.build(results, sort_by, published_rows() if published else None)
     if output_format == "csv":
         if out_path:
             path = Path(out_path)
             aggregated_path = path.with_name(f"{path.stem}-aggregated{path.suffix or '.csv'}")
-            atomic_write_text(path, exports.tidy_csv(results))
-            atomic_write_text(aggregated_path, exports.aggregated_csv(board))
-            common.err_console.print(f"wrote {path} (one row per method x fold x run) and {aggregated_path} (fold means)")
+            _write("--out", path, exports.tidy_csv(results))
+            _write("--out", aggregated_path, exports.aggregated_csv(board))
+            common.err_console.print(f"wrote {path} (one row per method x fold x run) and {aggregated_path} (fold "
+                                     "means)", markup=False, highlight=False)
             return
         text = exports.aggregated_csv(board) if aggregated else exports.tidy_csv(results)
     elif output_format == "latex":
@@ -101,10 +108,21 @@ def export(results_dir, benchmarks, protocols, shots, methods, conventions, outp
         from gfss_bench.results.html import html_page
         text = html_page(board)
     if out_path:
-        atomic_write_text(Path(out_path), text)
-        common.err_console.print(f"wrote {out_path}")
+        _write("--out", Path(out_path), text)
+        common.err_console.print(f"wrote {out_path}", markup=False, highlight=False)
     else:
         click.echo(text, nl=False)
+
+
+def _write(option: str, path: Path, text: str) -> None:
+    """Write an output file atomically; an OSError is one line naming the option and the file."""
+    from gfss_bench.paths import atomic_write_text
+
+    try:
+        atomic_write_text(path.expanduser(), text)
+    except OSError as error:
+        raise GFSSError(f"{option} {path} cannot be written ({error.strerror or error}); pick a writable path") \
+            from None
 
 
 @click.command()
@@ -125,8 +143,12 @@ def plot(results_dir, benchmarks, protocols, shots, methods, conventions, kinds,
 
     results = load_results(results_dir, benchmarks, protocols, shots, methods, conventions)
     selected = KINDS if "all" in kinds else tuple(kinds)
-    paths = save_figures(make_figures(results, selected), out_dir, fmt)
+    try:
+        paths = save_figures(make_figures(results, selected), out_dir, fmt)
+    except OSError as error:
+        raise GFSSError(f"--out {out_dir} cannot be written ({error.strerror or error}); pick a writable folder") \
+            from None
     if not paths:
         common.err_console.print("no figures: no stored results match (or, for shots, only one shot count is stored)")
     for path in paths:
-        common.console.print(str(path), highlight=False)
+        common.console.print(str(path), highlight=False, markup=False)

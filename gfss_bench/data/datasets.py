@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import posixpath
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -19,19 +23,86 @@ from PIL import Image, UnidentifiedImageError
 
 from gfss_bench.errors import GFSSError
 from gfss_bench.paths import atomic_write_bytes, cache_dir
+from gfss_bench.userfiles import quote
 
 SPLITS = ("train", "val")
 FIX = ("replace the file, remove its line from the list file, or pass --skip-bad-images to `gfss-bench run` "
        "to skip such images (the result records which)")
 
 
+MAX_PIXELS_VARIABLE = "GFSS_BENCH_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels, e.g. 10000x10000; PASCAL and COCO images are under 0.5
+
+
+class ImageTooLarge(ValueError):
+    """An image or label above the pixel limit (`max_image_pixels`); the message follows the file's name."""
+
+
+def max_image_pixels() -> int:
+    """The most pixels an image or label may have: $GFSS_BENCH_MAX_IMAGE_PIXELS, default 100 megapixels. Checked
+    from the file's header before it is decoded, so a small file that would decode to gigabytes is refused. A
+    value above PIL's own limit raises that too (`PIL.Image.MAX_IMAGE_PIXELS`, which refuses twice its value)."""
+    value = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    if not value.isdigit() or int(value) < 1:
+        raise GFSSError(f"{MAX_PIXELS_VARIABLE}={value[:40]!r} is not a positive number of pixels; unset it (default "
+                        f"{DEFAULT_MAX_PIXELS}) or give one such as 400000000")
+    limit = int(value)
+    if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit // 2 + 1  # the user asked for larger images: let PIL open them
+    return limit
+
+
+def check_pixels(width: int, height: int) -> None:
+    """ImageTooLarge when a `width` x `height` image is above `max_image_pixels`."""
+    limit = max_image_pixels()
+    if width * height > limit:
+        raise ImageTooLarge(f"is {width}x{height} = {width * height:,} pixels, above the limit of {limit:,} (set "
+                            f"{MAX_PIXELS_VARIABLE} to raise it)")
+
+
+def _pil_open(source):
+    """`Image.open` (header only), with PIL's own decompression-bomb refusal as ImageTooLarge."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(source)
+        except Image.DecompressionBombError as error:
+            raise ImageTooLarge(f"is too large to decode ({error}; set {MAX_PIXELS_VARIABLE} to raise the limit)") \
+                from None
+
+
+@contextmanager
+def open_label(path: Path):
+    """The PIL image of a label file (its header read, pixels not yet decoded), within the pixel limit."""
+    with _pil_open(path) as label:
+        check_pixels(*label.size)
+        yield label
+
+
+def _check_encoded_size(data: bytes) -> None:
+    """Refuse an encoded image above the pixel limit from its header (ImageTooLarge); one whose header PIL cannot
+    read is left to OpenCV."""
+    try:
+        image = _pil_open(io.BytesIO(data))
+    except ImageTooLarge:
+        raise
+    except Exception:  # noqa: BLE001 - PIL raises many types for headers it does not know; OpenCV decides
+        return
+    with image:
+        check_pixels(*image.size)
+
+
 def decode_image(data: bytes) -> Optional[np.ndarray]:
-    """uint8 RGB [H, W, 3] of an encoded image, or None when it cannot be decoded or is a truncated JPEG.
+    """uint8 RGB [H, W, 3] of an encoded image, or None when it cannot be decoded or is a truncated JPEG; an image
+    above the pixel limit (`max_image_pixels`) raises ImageTooLarge before it is decoded.
 
     As the official code: OpenCV's IMREAD_COLOR (which applies a JPEG's EXIF orientation, unlike PIL), then BGR to
     RGB. OpenCV 4 returns a truncated JPEG grey-filled, so those are refused here (`jpeg_is_complete`)."""
     if not data or (data[:2] == b"\xff\xd8" and not jpeg_is_complete(data)):
         return None
+    _check_encoded_size(data)
     try:
         bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:
@@ -95,15 +166,17 @@ class SegmentationList:
                 continue
             if len(fields) != 2:
                 raise GFSSError(
-                    f"{self.list_file}, line {number}: expected 'image_path label_path', got {line.strip()!r}")
+                    f"{self.list_file}, line {number}: expected 'image_path label_path', got {quote(line.strip())}")
             paths = []
             for field in fields:
-                path = (self.root / field).resolve()
-                if Path(field).is_absolute() or not path.is_relative_to(root_resolved):
+                # Checked as written, not resolved: a folder inside the root may be a symlink to another disk (a
+                # common cluster layout), but no line may leave the root by itself.
+                if posixpath.isabs(field) or ".." in field.replace("\\", "/").split("/"):
                     raise GFSSError(
-                        f"{self.list_file}, line {number}: {field!r} points outside the data root "
-                        f"{self.root}; list files must hold paths relative to the data root")
-                paths.append(path)
+                        f"{self.list_file}, line {number}: {quote(field)} points outside the data root "
+                        f"{self.root} (an absolute path or '..'); list files must hold paths relative to the data "
+                        "root, without '..'")
+                paths.append(root_resolved / posixpath.normpath(field))
             self.items.append((paths[0], paths[1]))
         if not self.items:
             raise GFSSError(f"list file {self.list_file} lists no images; regenerate it or pick another split")
@@ -121,6 +194,8 @@ class SegmentationList:
         path = self.items[index][0]
         try:
             image = decode_image(path.read_bytes())
+        except ImageTooLarge as problem:
+            raise GFSSError(f"image {path} (listed in {self.list_file}) {problem}; {FIX}") from None
         except FileNotFoundError:
             raise GFSSError(f"image {path} (listed in {self.list_file}) does not exist; {FIX}") from None
         except OSError as error:
@@ -139,12 +214,14 @@ class SegmentationList:
         SegmentationClassAug) both give the same bytes."""
         path = self.items[index][1]
         try:
-            with Image.open(path) as label:
+            with open_label(path) as label:
                 if label.mode not in ("P", "L"):
                     raise GFSSError(
                         f"label {path} has image mode {label.mode}; labels must be single-channel "
                         "(palette or greyscale) PNGs of class ids, like VOC's SegmentationClass")
                 return np.array(label, dtype=np.uint8)
+        except ImageTooLarge as problem:
+            raise GFSSError(f"label {path} (listed in {self.list_file}) {problem}; {FIX}") from None
         except FileNotFoundError:
             raise GFSSError(f"label {path} (listed in {self.list_file}) does not exist; {FIX}") from None
         except (OSError, UnidentifiedImageError) as error:

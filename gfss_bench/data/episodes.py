@@ -15,7 +15,6 @@ size, also uniformly random); supports are exact.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 import zlib
@@ -27,9 +26,11 @@ import numpy as np
 
 from gfss_bench.errors import GFSSError
 from gfss_bench.protocols import Benchmark, EvaluationSettings
+from gfss_bench.userfiles import InputProblem, cut, parse_json, quote, read_regular
 
 SAMPLERS = ("diam", "independent")
 FILE_PREFIX = "file:"
+MAX_EPISODE_FILE_BYTES = 16 << 20  # the episodes of every fold and shot of COCO-20i take well under 1 MiB
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Episode:
 def check_episodes(name: str) -> str:
     """`name` if it is a sampler or `file:<16 hex digits>` (a file's `file_digest`); else a GFSSError."""
     if name not in SAMPLERS and not re.fullmatch(rf"{FILE_PREFIX}[0-9a-f]{{16}}", name):
-        raise GFSSError(f"--episodes {name!r} is unknown; choose from: {', '.join(SAMPLERS)}, or a JSON file "
+        raise GFSSError(f"--episodes {quote(name)} is unknown; choose from: {', '.join(SAMPLERS)}, or a JSON file "
                         "written by `gfss-bench episodes --format json`")
     return name
 
@@ -225,15 +226,17 @@ class EpisodeFile:
     def __init__(self, path: Path | str):
         self.path = Path(path).expanduser()
         try:
-            data = self.path.read_bytes()
+            data = read_regular(self.path, MAX_EPISODE_FILE_BYTES)
         except OSError as error:
             raise GFSSError(f"--episodes: cannot read {self.path} ({error.strerror or error}); pass diam, "
                             "independent or a file written by `gfss-bench episodes --format json`") from None
+        except InputProblem as problem:
+            raise self.error(f"{problem}; pass a file written by `gfss-bench episodes --format json`") from None
         self.digest = file_digest(data)
         try:
-            entries = json.loads(data)
-        except (UnicodeDecodeError, ValueError) as error:
-            raise self.error(f"is not valid JSON ({error})") from None
+            entries = parse_json(data)
+        except InputProblem as problem:
+            raise self.error(str(problem)) from None
         if not isinstance(entries, list) or not all(self._well_formed(e) for e in entries):
             raise self.error('must be a list of {"benchmark", "fold", "shot", "runs": [{"run", "supports": '
                              '{class name: [image stem, ...]}}]} objects, as `gfss-bench episodes --format json` '
@@ -263,13 +266,13 @@ class EpisodeFile:
         """The file's object for (benchmark, fold, shot), checked against the run count and the fold's classes."""
         if not any(e["benchmark"] == benchmark.name for e in self.entries):
             held = sorted({e["benchmark"] for e in self.entries})
-            raise self.error(f"holds episodes of {', '.join(held) or 'no benchmark'}, not of {benchmark.name}")
+            raise self.error(f"holds episodes of {cut(', '.join(held)) or 'no benchmark'}, not of {benchmark.name}")
         matches = [e for e in self.entries if (e["benchmark"], e["fold"], e["shot"]) == (benchmark.name, fold, shot)]
         if len(matches) != 1:
             held = ", ".join(f"fold {e['fold']} {e['shot']}-shot" for e in self.entries
                              if e["benchmark"] == benchmark.name)
             how = "several entries" if matches else "no entry"
-            raise self.error(f"has {how} for {benchmark.name} fold {fold} {shot}-shot (it holds: {held}); pick "
+            raise self.error(f"has {how} for {benchmark.name} fold {fold} {shot}-shot (it holds: {cut(held)}); pick "
                              "--fold/--shot accordingly")
         entry = matches[0]
         if [r["run"] for r in entry["runs"]] != list(range(runs)):
@@ -281,34 +284,44 @@ class EpisodeFile:
                 unknown = sorted(set(run["supports"]) - set(names))
                 missing = [n for n in names if n not in run["supports"]]
                 raise self.error(f"run {run['run']} of {benchmark.name} fold {fold} {shot}-shot: "
-                                 + (f"unknown class name(s) {', '.join(unknown)}" if unknown else
+                                 + (f"unknown class name(s) {cut(', '.join(unknown))}" if unknown else
                                     f"no supports for {', '.join(missing)}")
                                  + f"; the novel classes are {', '.join(names)}")
             short = [n for n in names if len(run["supports"][n]) != shot]
             if short:
-                raise self.error(f"run {run['run']} of {benchmark.name} fold {fold}: class {short[0]} has "
+                raise self.error(f"run {run['run']} of {benchmark.name} fold {fold}: class {cut(short[0])} has "
                                  f"{len(run['supports'][short[0]])} support image(s), not {shot}")
         return entry
 
     def make_episodes(self, benchmark: Benchmark, fold: int, shot: int, runs: int, seed: int,
-                      pixel_counts: np.ndarray, settings: EvaluationSettings, support_names: Sequence[str]
-                      ) -> list[Episode]:
+                      pixel_counts: np.ndarray, settings: EvaluationSettings, support_names: Sequence[str],
+                      support_pixel_counts: Optional[np.ndarray] = None) -> list[Episode]:
         """The file's support sets as episodes (image stems -> indices into the support split), queries as the
-        samplers define them."""
+        samplers define them. A support image must hold at least one pixel of its class (`pixel_counts` of val, or
+        `support_pixel_counts` of train when the supports come from there); the file's images are used as they are
+        otherwise (no --min-support-pixels)."""
+        counts = support_pixel_counts if settings.support_source == "train" else pixel_counts
         entry = self.entry(benchmark, fold, shot, runs)
         index: dict[str, int] = {}
         for i, name in enumerate(support_names):
             index.setdefault(name, i)
-        names = [benchmark.class_names[c - 1] for c in benchmark.novel_classes(fold)]
+        classes = list(benchmark.novel_classes(fold))
+        names = [benchmark.class_names[c - 1] for c in classes]
         episodes = []
         for run in entry["runs"]:
             supports = []
-            for name in names:
+            for cls, name in zip(classes, names):
                 missing = [stem for stem in run["supports"][name] if stem not in index]
                 if missing:
-                    raise self.error(f"lists image {missing[0]!r} (run {run['run']}, class {name}), which is not in "
-                                     f"the {settings.support_source} split of the data; check --data-root and "
+                    raise self.error(f"lists image {quote(missing[0])} (run {run['run']}, class {name}), which is not "
+                                     f"in the {settings.support_source} split of the data; check --data-root and "
                                      "--support-source")
-                supports.append([index[stem] for stem in run["supports"][name]])
+                chosen = [index[stem] for stem in run["supports"][name]]
+                empty = [i for i in chosen if counts is not None and counts[i, cls] == 0]
+                if empty:
+                    raise self.error(f"lists image {quote(support_names[empty[0]])} as a support of class {name} "
+                                     f"(id {cls}, run {run['run']}), but its label holds no pixel of that class; fix "
+                                     "the file, or check --data-root and --support-source")
+                supports.append(chosen)
             episodes.append(_episode(benchmark, fold, shot, run["run"], seed, pixel_counts, settings, supports))
         return episodes

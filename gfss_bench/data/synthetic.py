@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gfss_bench.paths import cache_dir
+from gfss_bench.paths import cache_dir, usual_mode
 
 VERSION = 1
 SEED = 20240601
@@ -245,6 +245,7 @@ def write_dataset(root: Path, sizes: dict[str, int] | None = None, seed: int = S
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
     try:
+        tmp.chmod(usual_mode(folder=True))  # mkdtemp's 0700 would make a shared cache unreadable to others
         (tmp / "JPEGImages").mkdir()
         (tmp / "SegmentationClass").mkdir()
         for split, count in sizes.items():

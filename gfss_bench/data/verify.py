@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-from gfss_bench.data.datasets import SPLITS, SegmentationList, decode_image
+from gfss_bench.data.datasets import SPLITS, ImageTooLarge, SegmentationList, decode_image, open_label
 from gfss_bench.data.prepare import parallel_map
 from gfss_bench.errors import GFSSError
 from gfss_bench.protocols.catalog import Benchmark
@@ -93,6 +93,8 @@ def check_item(task: tuple[Path, Path, int]) -> tuple[list[int], list[tuple[str,
     image_size = None
     try:
         image = decode_image(image_path.read_bytes())  # the decoder of the runs, so their failures show here
+    except ImageTooLarge as problem:
+        problems.append((str(image_path), f"image {problem}"))
     except FileNotFoundError:
         problems.append((str(image_path), "image does not exist"))
     except OSError as error:
@@ -104,11 +106,13 @@ def check_item(task: tuple[Path, Path, int]) -> tuple[list[int], list[tuple[str,
         else:
             image_size = (image.shape[1], image.shape[0])
     try:
-        with Image.open(label_path) as label:
+        with open_label(label_path) as label:
             if label.mode not in ("P", "L"):
                 return [], problems + [(str(label_path), f"label has image mode {label.mode}; labels must be "
                                                          "single-channel (palette or greyscale) PNGs of class ids")]
             counts = np.bincount(np.asarray(label).ravel(), minlength=256)
+    except ImageTooLarge as problem:
+        return [], problems + [(str(label_path), f"label {problem}")]
     except FileNotFoundError:
         return [], problems + [(str(label_path), "label does not exist")]
     except (OSError, UnidentifiedImageError) as error:

@@ -19,6 +19,7 @@ from gfss_bench.evaluation.runner import execute
 from gfss_bench.evaluation.spec import (
     DEFAULT_RUNS, DEFAULT_SEED, RunSpec, check_at_least_one, resolve_device, validate_settings)
 from gfss_bench.errors import GFSSError, resolve_option
+from gfss_bench.userfiles import key_name, quote
 
 AXES = {"method": str, "protocol": str, "benchmark": str, "fold": int, "shot": int, "convention": str, "plugin": str}
 SCALARS: dict[str, tuple[type, ...]] = {
@@ -66,7 +67,7 @@ def check_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
 
     `where` prefixes errors ("sweep config s.yaml") so that a user sees which file and key is wrong.
     """
-    unknown = sorted(set(settings) - KEYS)
+    unknown = sorted(key_name(key) for key in set(settings) - KEYS)
     if unknown:
         raise GFSSError(f"{where}: unknown key(s) {', '.join(unknown)}; choose from: {', '.join(sorted(KEYS))}")
     checked = {key: None for key in SCALARS} | DEFAULTS
@@ -81,7 +82,7 @@ def check_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
             kinds = SCALARS[key]
             if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
                 raise GFSSError(f"{where}: {key!r} ({option_name(key)}) must be "
-                                f"{' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+                                f"{' or '.join(k.__name__ for k in kinds)}, got {quote(value)}")
             checked[key] = value
     return checked
 
@@ -95,7 +96,7 @@ def _axis(key: str, value: Any, kind: type, where: str) -> list:
     for item in values:
         if (isinstance(item, bool) and kind is not bool) or not isinstance(item, kind):
             what = "integers" if kind is int else "names"
-            raise GFSSError(f"{where}: {key!r} ({option_name(key)}) must hold {what}, got {item!r}")
+            raise GFSSError(f"{where}: {key!r} ({option_name(key)}) must hold {what}, got {quote(item)}")
     return list(dict.fromkeys(values))
 
 
@@ -112,7 +113,7 @@ def evaluation_overrides(settings: Mapping[str, Any]) -> dict[str, Any]:
     queries = settings.get("queries")
     if queries is not None:
         if isinstance(queries, str) and queries != "all" and not queries.isdigit():
-            raise GFSSError(f"--queries must be a positive integer or 'all', got {queries!r}")
+            raise GFSSError(f"--queries must be a positive integer or 'all', got {quote(queries)}")
         overrides["max_queries"] = None if queries == "all" else int(queries)
     return overrides
 
@@ -132,10 +133,10 @@ def plan(settings: Mapping[str, Any], where: str = "run") -> Plan:
                       conventions=s["convention"], feature_precision=s["feature_precision"])
     for key in ("workers", "feature_memory"):
         if s[key] is not None and s[key] < 0:
-            raise GFSSError(f"{option_name(key)} must be >= 0, got {s[key]}")
+            raise GFSSError(f"{option_name(key)} must be >= 0, got {quote(s[key])}")
     for method in s["option"]:
         if method not in s["method"]:
-            raise GFSSError(f"{where}: options for {method!r}, which is not among methods "
+            raise GFSSError(f"{where}: options for {quote(method)}, which is not among methods "
                             f"({', '.join(s['method'])})")
     device = resolve_device(s["device"])
     evaluation = evaluation_overrides(s)

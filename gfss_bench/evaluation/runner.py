@@ -8,10 +8,12 @@ batch is decoded and passed through the segmenter once for all methods of an inv
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import subprocess
 import sys
 import time
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -97,7 +99,8 @@ class EvaluationData:
                     raise GFSSError(f"this run spec uses the support sets of an episode file ({spec.episodes}): "
                                     "pass that file with --episodes FILE")
                 made = self.episode_file.make_episodes(self.benchmark, spec.fold, spec.shot, spec.runs, spec.seed,
-                                                       self.pixel_counts, spec.evaluation, names)
+                                                       self.pixel_counts, spec.evaluation, names,
+                                                       self.support_pixel_counts)
             else:
                 made = make_episodes(self.benchmark, spec.fold, spec.shot, spec.runs, spec.seed, self.pixel_counts,
                                      spec.evaluation, self.support_pixel_counts, spec.episodes, names)
@@ -259,6 +262,13 @@ def _support_task(data: EvaluationData, spec: RunSpec, episode: Episode, device:
                 query_labels=None, seed=episode.seed)
 
 
+def query_seeds(run_seed: int, val_indices: Iterable[int]) -> torch.Tensor:
+    """int64 [Q]: the seed of each query image, from the run's seed and the image's index in the val list
+    (32-bit, as torch's CPU generator reads only the low 32 bits), so a method's per-query draws do not depend on
+    the batch size, the query order or the number of processes."""
+    return torch.tensor([zlib.crc32(f"{run_seed}/query/{int(i)}".encode()) for i in val_indices], dtype=torch.int64)
+
+
 def _evaluate_episode(states: list[_SpecState], data: EvaluationData, episode: Episode, device: torch.device,
                       batch_size: int, workers: Workers, on_batch: Callable[[int], None]) -> list[torch.Tensor]:
     """Confusion matrices of every state's method on one episode (summed over all ranks).
@@ -280,10 +290,12 @@ def _evaluate_episode(states: list[_SpecState], data: EvaluationData, episode: E
     for (number, batch), (query_features, query_labels) in zip(local, data.queries.batches([b for _, b in local])):
         query_labels = query_lut[query_labels.long()].to(device)
         valid = query_labels != 255
+        seeds = query_seeds(episode.seed, batch)
         for state, fit, confusion in zip(states, fitted, confusions):
             started = time.perf_counter()
             task = dataclasses.replace(support_task, query_features=query_features, query_valid=valid,
-                                       query_labels=query_labels if state.method.is_oracle else None)
+                                       query_labels=query_labels if state.method.is_oracle else None,
+                                       query_seeds=seeds)
             probs = fit.predict(task)
             if not torch.isfinite(probs).all():
                 start = number * batch_size
@@ -319,8 +331,11 @@ def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: Optiona
 
     Progress is checkpointed per run in `<run_id>.partial.json` (see `ResultStore.save_partial`): a spec
     interrupted after some runs resumes at its first missing run. A spec that another process stored in
-    the meantime is loaded instead of being recomputed. With `skip_bad_images`, unreadable images and
-    labels (or image/label size mismatches) are left out with a warning and listed in the result's
+    the meantime (up to the end of its data key's setup) is loaded instead of being recomputed. A damaged
+    stored result counts as absent: it is renamed aside (`ResultStore.set_aside`, with a warning naming it)
+    and the spec recomputed. Before anything is computed, the results folder must accept a probe file. With
+    `skip_bad_images`, unreadable or too large images and labels (or image/label size mismatches) are left
+    out with a warning and listed in the result's
     `skipped_images`; the run id does not change (see README, "Long sweeps"). Under torchrun (`workers`),
     every rank computes its share of the query batches; rank 0 alone reads checkpoints and writes results.
     `segmenter_loader(spec, device)` builds a data key's segmenter; the default, a `families.SegmenterLoader` with
@@ -335,17 +350,37 @@ def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: Optiona
         log = lambda message: None  # noqa: E731 - only rank 0 reports
 
     def load_stored(pending: list[RunSpec]) -> list[RunSpec]:
-        """Take the stored results (unless `force`); return the specs still to compute. Decided by rank 0."""
+        """Take the stored results (unless `force`); return the specs still to compute. Decided by rank 0. A damaged
+        stored result counts as absent: it is renamed aside (`ResultStore.set_aside`) and the spec computed."""
         stored = {}
         if workers.is_main and not force:
             for spec in pending:
-                if store.contains(spec.run_id):
-                    stored[spec.run_id] = store.load(store.path_for(spec.run_id))
-                    log(f"cached: {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot ({spec.run_id})")
+                path = store.path_for(spec.run_id)
+                if not os.path.lexists(path):
+                    continue
+                try:
+                    stored[spec.run_id] = store.load(path, spec.run_id)
+                except ValueError as error:
+                    aside = store.set_aside(path)
+                    kept = f"renamed it to {aside.name}" if aside else "it could not be renamed"
+                    log(f"warning: the stored result {path} is damaged ({error}); {kept} and computing "
+                        f"{spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot again")
+                    continue
+                log(f"cached: {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot ({spec.run_id})")
         results.update(workers.agree(stored))
         return [spec for spec in pending if spec.run_id not in results]
 
     pending = load_stored(specs)
+    if pending:  # before any feature is extracted: results that could not be stored would be lost
+        problem = None
+        if workers.is_main:
+            try:
+                store.check_writable()
+            except GFSSError as error:
+                problem = str(error)
+        problem = workers.agree(problem)
+        if problem:
+            raise GFSSError(problem)
     groups: dict[tuple, list[RunSpec]] = defaultdict(list)
     for spec in pending:
         groups[spec.data_key].append(spec)
@@ -358,6 +393,8 @@ def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: Optiona
         data.episode_file = episodes
         shared_seconds = time.perf_counter() - started
         group = load_stored(group)  # stored by a concurrent process meanwhile
+        if not group:  # every spec of this data key was stored meanwhile: nothing left to evaluate
+            continue
         if force and workers.is_main:
             for spec in group:
                 store.remove_partial(spec.run_id)
@@ -406,7 +443,7 @@ def _resumable_runs(store: ResultStore, spec: RunSpec, data: EvaluationData, log
         return []
     runs = partial.get("runs")
     ok = (partial.get("spec") == spec.to_dict() and partial.get("skipped_images") == data.skipped_images
-          and isinstance(runs, list) and len(runs) < spec.runs)
+          and isinstance(runs, list) and len(runs) < spec.runs and all(isinstance(run, dict) for run in runs))
     if ok:
         for run in runs:
             index = run.get("run")

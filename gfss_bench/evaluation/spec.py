@@ -23,6 +23,7 @@ from gfss_bench.models.families import BUILTIN as BUILTIN_SEGMENTER
 from gfss_bench.models.features import PRECISIONS
 from gfss_bench.protocols import EvaluationSettings, get_benchmark, get_protocol
 from gfss_bench.results.store import canonical_json
+from gfss_bench.userfiles import quote
 
 DEFAULT_SEED = 2023
 DEFAULT_RUNS = 5
@@ -105,14 +106,14 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise GFSSError("--device cuda was requested but no CUDA device is available; use --device cpu or auto")
     if name not in ("cpu", "cuda"):
-        raise GFSSError(f"--device {name!r} is unknown; choose from: auto, cpu, cuda")
+        raise GFSSError(f"--device {quote(name)} is unknown; choose from: auto, cpu, cuda")
     return torch.device(name)
 
 
 def check_at_least_one(option: str, value: Optional[int]) -> None:
     """A count option (--shot, --runs, --batch-size, --steps) must be >= 1 when given."""
     if value is not None and value < 1:
-        raise GFSSError(f"{option} must be >= 1, got {value}")
+        raise GFSSError(f"{option} must be >= 1, got {quote(value)}")
 
 
 def validate_settings(*, methods: Iterable[str] = (), protocols: Iterable[str] = (), shots: Iterable[int] = (),
@@ -128,8 +129,9 @@ def validate_settings(*, methods: Iterable[str] = (), protocols: Iterable[str] =
     check_at_least_one("--runs", runs)
     for convention in conventions:
         if convention not in CONVENTIONS:
-            raise GFSSError(f"--convention {convention!r} is unknown; choose from: {', '.join(CONVENTIONS)}")
+            raise GFSSError(f"--convention {quote(convention)} is unknown; choose from: {', '.join(CONVENTIONS)}")
     if feature_precision is not None and feature_precision not in PRECISIONS:
-        raise GFSSError(f"--feature-precision {feature_precision!r} is unknown; choose from: {', '.join(PRECISIONS)}")
+        raise GFSSError(f"--feature-precision {quote(feature_precision)} is unknown; choose from: "
+                        f"{', '.join(PRECISIONS)}")
     if episodes is not None:
         check_episodes(episodes)

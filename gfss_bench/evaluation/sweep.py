@@ -41,6 +41,7 @@ from typing import Any, Optional
 from gfss_bench.evaluation.plan import EVALUATION_KEYS, KEYS, plan
 from gfss_bench.evaluation.spec import RunSpec
 from gfss_bench.errors import GFSSError
+from gfss_bench.userfiles import key_name, load_yaml_file, quote
 
 ALIASES = {"methods": "method", "benchmarks": "benchmark", "protocols": "protocol", "folds": "fold",
            "shots": "shot", "conventions": "convention", "options": "option", "plugins": "plugin"}
@@ -48,15 +49,8 @@ ALIASES = {"methods": "method", "benchmarks": "benchmark", "protocols": "protoco
 
 def load_config(path: Path | str) -> dict:
     """Read and check a sweep YAML file: a mapping of run option names (or their older spellings) to values."""
-    import yaml
-
-    path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise GFSSError(f"cannot read the sweep config {path} ({error.strerror or error})") from None
-    except yaml.YAMLError as error:
-        raise GFSSError(f"sweep config {path} is not valid YAML: {' '.join(str(error).split())}") from None
+    path = Path(path).expanduser()
+    config = load_yaml_file(path, "sweep config")  # size, nesting and aliases bounded (gfss_bench/userfiles.py)
     if not isinstance(config, dict):
         raise GFSSError(f"sweep config {path} must be a YAML mapping (keys: {', '.join(sorted(KEYS))})")
     run_settings(config, f"sweep config {path}")
@@ -67,8 +61,11 @@ def run_settings(config: dict, where: str = "sweep config") -> dict[str, Any]:
     """The run settings of a sweep config: older spellings renamed, `evaluation:` spread into its settings."""
     settings: dict[str, Any] = {}
     for key, value in config.items():
+        if not isinstance(key, str):
+            raise GFSSError(f"{where}: key {quote(key)} is not a name; choose from: {', '.join(sorted(KEYS))}")
         if key == "evaluation":
-            if not isinstance(value, dict) or set(value) - set(EVALUATION_KEYS):
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value) \
+                    or set(value) - set(EVALUATION_KEYS):
                 raise GFSSError(f"{where}: 'evaluation' must map settings to values; settings: "
                                 f"{', '.join(sorted(EVALUATION_KEYS))}")
             items = [(EVALUATION_KEYS[field], item) for field, item in value.items()]
@@ -76,23 +73,34 @@ def run_settings(config: dict, where: str = "sweep config") -> dict[str, Any]:
             items = [(ALIASES.get(key, key), value)]
         for name, item in items:
             if name in settings:
-                raise GFSSError(f"{where}: {name!r} is given twice (also under another spelling)")
+                raise GFSSError(f"{where}: {quote(name, 100)} is given twice (also under another spelling)")
             settings[name] = item
-    unknown = sorted(set(settings) - KEYS)
+    unknown = sorted(key_name(key) for key in set(settings) - KEYS)
     if unknown:
         raise GFSSError(f"{where}: unknown key(s) {', '.join(unknown)}; choose from: {', '.join(sorted(KEYS))}")
     return settings
 
 
-def expand(config: dict) -> list[RunSpec]:
-    """Every spec of the grid, in a stable order (method, options, benchmark, protocol, fold, shot, convention)."""
-    return plan(run_settings(config), "sweep config").specs
+def _plan(config: dict, where: str):
+    """The config's plan; every error names `where` (the sweep file), also those of the run options' checks."""
+    try:
+        return plan(run_settings(config, where), where)
+    except GFSSError as error:
+        message = str(error)
+        raise GFSSError(message if message.startswith(where) else f"{where}: {message}") from None
 
 
-def run_sweep(config: dict, results_dir: Optional[Path | str] = None, **execute_kwargs: Any) -> list[dict]:
+def expand(config: dict, where: str = "sweep config") -> list[RunSpec]:
+    """Every spec of the grid, in a stable order (method, options, benchmark, protocol, fold, shot, convention).
+    `where` starts every error message (the CLI passes "sweep config FILE")."""
+    return _plan(config, where).specs
+
+
+def run_sweep(config: dict, results_dir: Optional[Path | str] = None, where: str = "sweep config",
+              **execute_kwargs: Any) -> list[dict]:
     """Expand the grid and evaluate what is not stored yet; returns every spec's result. `execute_kwargs` override
-    what the config says (e.g. `force`, `log`)."""
-    planned = plan(run_settings(config), "sweep config")
+    what the config says (e.g. `force`, `log`); `where` starts the messages of errors in the config."""
+    planned = _plan(config, where)
     if results_dir is not None:
         planned.results_dir = Path(results_dir)
     log = execute_kwargs.pop("log", lambda message: None)
@@ -102,4 +110,4 @@ def run_sweep(config: dict, results_dir: Optional[Path | str] = None, **execute_
 
 def results_dir_of(config: dict, override: Optional[Path | str] = None) -> Path:
     """Where the sweep stores its results: `override` (--results-dir), else the config's, else results/."""
-    return Path(override if override is not None else config.get("results_dir", "results"))
+    return Path(override if override is not None else (config.get("results_dir") or "results")).expanduser()

@@ -23,7 +23,8 @@ class Task:
     """One GFSS adaptation problem: a frozen base classifier, a support set and a batch of queries.
 
     Labels are in the episode space: 0 background, 1..B base, B+1..B+N novel, 255 ignore.
-    `support_labels[j]` are the K masks of novel class j (episode label B+1+j).
+    `support_labels[j]` are the K masks of novel class j (episode label B+1+j). Code that splits a task's
+    queries splits `query_seeds` with them; `query_seeds_of()` gives the per-query seeds in either case.
     """
 
     base_weight: torch.Tensor  # float [C, B+1]
@@ -34,6 +35,10 @@ class Task:
     query_valid: torch.Tensor  # bool [Q, H, W]
     query_labels: Optional[torch.Tensor] = None  # long [Q, H, W]; only oracle settings may read it
     seed: int = 0  # for methods with randomness; derived from the run's seed by the runner
+    # int64 [Q]: one seed per query, for methods that draw per query (classtrans). The runner derives it from the
+    # run's seed and the query image's index in the val list, so draws do not depend on batching or query order.
+    # None: query i of the task uses seed + i. (torch's CPU generator reads only the low 32 bits of a seed.)
+    query_seeds: Optional[torch.Tensor] = None
 
     @property
     def num_base_and_bg(self) -> int:
@@ -50,6 +55,16 @@ class Task:
     @property
     def shots(self) -> int:
         return self.support_features.shape[1]
+
+    def query_seeds_of(self) -> list[int]:
+        """One seed per query: `query_seeds` when given, else `seed + i` for query i."""
+        count = self.query_features.shape[0]
+        if self.query_seeds is None:
+            return [self.seed + i for i in range(count)]
+        seeds = [int(s) for s in self.query_seeds.reshape(-1).tolist()]
+        if len(seeds) != count:
+            raise GFSSError(f"query_seeds holds {len(seeds)} seeds for {count} queries")
+        return seeds
 
 
 class Fitted:

@@ -133,7 +133,8 @@ def load_checkpoint_segmenter(path: Union[str, Path], expected_outputs: Optional
     if isinstance(payload, dict) and "arch" in payload and "state_dict" in payload:  # gfss-bench train file
         from gfss_bench.models.zoo import load_weights_file
 
-        model, _ = load_weights_file(path, device)
+        model, _ = load_weights_file(path, device, fix="a `gfss-bench train` file must be passed as it was written; "
+                                                        "train it again if it was changed")
         layout = "gfss-bench"
     else:
         state, layout = convert_state_dict(state_dict_in(payload, path))

@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 
 from gfss_bench.errors import GFSSError
+from gfss_bench.userfiles import quote
 from gfss_bench.models.segmenter import LoadedSegmenter, Segmenter
 from gfss_bench.protocols import Benchmark, get_benchmark
 from gfss_bench.registry import Registry
@@ -136,7 +137,7 @@ def parse_segmenter(text: str) -> tuple[str, str]:
     try:
         SEGMENTER_FAMILIES.get(family)
     except GFSSError as error:
-        raise GFSSError(f"--segmenter {text!r}: {error} (written FAMILY:REF)") from None
+        raise GFSSError(f"--segmenter {quote(text)}: {error} (written FAMILY:REF)") from None
     return family, reference
 
 
@@ -180,7 +181,7 @@ class BuiltinFamily(SegmenterFamily):
 
     def resolve(self, reference: str, context: SegmenterContext) -> tuple[str, str]:
         if reference:
-            raise GFSSError(f"--segmenter builtin takes no reference, got {reference!r}")
+            raise GFSSError(f"--segmenter builtin takes no reference, got {quote(reference)}")
         return BUILTIN, ""
 
     def label(self, reference: str) -> str:

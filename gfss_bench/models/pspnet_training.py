@@ -36,7 +36,6 @@ import json
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
@@ -57,7 +56,7 @@ from gfss_bench.models.checkpoints import (TRAINING_METADATA, load_checkpoint_se
                                            pspnet_from_backbone_weights)
 from gfss_bench.models.pspnet import BACKBONE_MODULES, OUTPUT_STRIDE, PSPNetResNet50
 from gfss_bench.models.training import evaluate_base_miou, training_indices
-from gfss_bench.paths import atomic_write_text
+from gfss_bench.paths import atomic_write_text, make_temporary_file
 from gfss_bench.progress import console
 from gfss_bench.protocols import Benchmark, get_benchmark, get_protocol
 
@@ -184,7 +183,7 @@ def _atomic_save(payload: dict, path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, rename: readers never see half a file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = make_temporary_file(path.parent, path.name)
     except OSError as error:
         raise GFSSError(f"cannot write {path} ({error.strerror or error}); check --out") from None
     try:

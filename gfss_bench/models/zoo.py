@@ -92,15 +92,18 @@ def save_weights_file(model: SmallPSPNet, path: Path, config_hash_: str, fp16: b
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-def load_weights_file(path: Path, device: str = "cpu") -> tuple[SmallPSPNet, str]:
-    """(float32 model in eval mode on `device`, its config hash) from a file written by save_weights_file."""
+def load_weights_file(path: Path, device: str = "cpu", fix: str = "delete the file to retrain"
+                      ) -> tuple[SmallPSPNet, str]:
+    """(float32 model in eval mode on `device`, its config hash) from a file written by save_weights_file; `fix` is
+    the advice of the error when it does not load (the default suits the zoo's own cache files)."""
     try:
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
         model = SmallPSPNet(_arch_from_dict(payload["arch"]))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v
                                for k, v in payload["state_dict"].items()})
     except (OSError, RuntimeError, KeyError, TypeError, ValueError) as error:
-        raise GFSSError(f"segmenter weights {path} cannot be loaded ({error}); delete the file to retrain") from None
+        reason = " ".join(str(error).split())[:300]  # torch's messages span lines
+        raise GFSSError(f"segmenter weights {path} cannot be loaded ({reason}); {fix}") from None
     return model.eval().to(device), str(payload.get("config_hash", ""))
 
 

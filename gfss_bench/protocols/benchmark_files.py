@@ -2,7 +2,8 @@
 
 A file names the classes (ids 1..C in list order), the novel class ids of each fold and, optionally, where the
 data is and the evaluation settings; see README, "A benchmark from a YAML file". It is read with
-`yaml.safe_load`; every problem is a one-line GFSSError naming the file and the key.
+`yaml.safe_load` within bounds (size, nesting, aliases: `gfss_bench/userfiles.py`); every problem is a one-line
+GFSSError naming the file and the key, quoting at most about 200 characters of the value.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from gfss_bench.protocols.catalog import (
     BENCHMARKS, BUILTIN_BENCHMARKS, OFFICIAL_IMAGE_SIZE, SUPPORT_SOURCES, Benchmark, check_definition,
     register_benchmark, scaled_min_support_pixels)
 from gfss_bench.registry import registering_from, unknown_choice_message
+from gfss_bench.userfiles import load_yaml_file, quote
 
 SUFFIXES = (".yaml", ".yml")
 _KIND_NAMES = {int: "an integer", str: "a string", bool: "true or false", list: "a list"}
@@ -35,58 +37,49 @@ def _typed(path: Path, config: dict, key: str, kind: type, default=None):
         return default
     value = config[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise GFSSError(f"benchmark file {path}: {key!r} must be {_KIND_NAMES[kind]}, got {value!r}")
+        raise GFSSError(f"benchmark file {path}: {key!r} must be {_KIND_NAMES[kind]}, got {quote(value)}")
     return value
 
 
 def load_benchmark_file(path: Path | str) -> Benchmark:
     """The benchmark a YAML file defines (not registered; see `resolve_benchmark`)."""
-    import yaml
-
     path = Path(path).expanduser()
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GFSSError(f"benchmark file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise GFSSError(f"cannot read the benchmark file {path} ({getattr(error, 'strerror', None) or error})") \
-            from None
-    except yaml.YAMLError as error:
-        raise GFSSError(f"benchmark file {path} is not valid YAML: {' '.join(str(error).split())}") from None
+    config = load_yaml_file(path, "benchmark file")  # size, nesting and aliases bounded (gfss_bench/userfiles.py)
     where = f"benchmark file {path}"
     if not isinstance(config, dict):
         raise GFSSError(f"{where} must be a YAML mapping with the keys {', '.join(REQUIRED)} (and optionally "
                         f"{', '.join(OPTIONAL)})")
     for key in config:
         if key not in REQUIRED + OPTIONAL:
-            raise GFSSError(f"{where}: " + unknown_choice_message("key", str(key), sorted(REQUIRED + OPTIONAL)))
+            raise GFSSError(f"{where}: " + unknown_choice_message("key", str(key),
+                                                                  sorted(REQUIRED + OPTIONAL)))
     missing = [key for key in REQUIRED if key not in config]
     if missing:
         raise GFSSError(f"{where}: missing key(s) {', '.join(missing)}; a benchmark needs {', '.join(REQUIRED)}")
     name = _typed(path, config, "name", str)
     if not NAME.fullmatch(name) or is_benchmark_file(name):
-        raise GFSSError(f"{where}: 'name' {name!r} must be letters, digits, '_', '-' and '.' (starting with a letter "
-                        "or digit, not ending in .yaml); it names the benchmark in results and file names")
+        raise GFSSError(f"{where}: 'name' {quote(name)} must be letters, digits, '_', '-' and '.' (starting with a "
+                        "letter or digit, not ending in .yaml); it names the benchmark in results and file names")
     if name in BUILTIN_BENCHMARKS:
-        raise GFSSError(f"{where}: 'name' {name!r} is a built-in benchmark; choose another name")
+        raise GFSSError(f"{where}: 'name' {quote(name)} is a built-in benchmark; choose another name")
     classes = _typed(path, config, "classes", list)
     folds = _typed(path, config, "folds", list)
     for fold, novel in enumerate(folds):
         if not isinstance(novel, list):
-            raise GFSSError(f"{where}: folds[{fold}] must be a list of novel class ids, got {novel!r}")
+            raise GFSSError(f"{where}: folds[{fold}] must be a list of novel class ids, got {quote(novel)}")
     check_definition(classes, folds, where)
     data_root = _typed(path, config, "data_root", str)
     queries = config.get("queries", "all")
     if queries != "all" and (isinstance(queries, bool) or not isinstance(queries, int)):
-        raise GFSSError(f"{where}: 'queries' must be a positive integer or all, got {queries!r}")
+        raise GFSSError(f"{where}: 'queries' must be a positive integer or all, got {quote(queries)}")
     support_source = _typed(path, config, "support_source", str, "val")
     if support_source not in SUPPORT_SOURCES:
-        raise GFSSError(f"{where}: 'support_source' {support_source!r} is unknown; choose from: "
+        raise GFSSError(f"{where}: 'support_source' {quote(support_source)} is unknown; choose from: "
                         f"{', '.join(SUPPORT_SOURCES)}")
     image_size = _typed(path, config, "image_size", int, OFFICIAL_IMAGE_SIZE)
     batch_size = _typed(path, config, "batch_size", int, 16)
     if batch_size < 1:
-        raise GFSSError(f"{where}: 'batch_size' must be >= 1, got {batch_size}")
+        raise GFSSError(f"{where}: 'batch_size' must be >= 1, got {quote(batch_size)}")
     benchmark = Benchmark(
         name, _typed(path, config, "description", str, f"from {path.name}"), name, tuple(classes),
         tuple(tuple(novel) for novel in folds), image_size=image_size,
@@ -115,7 +108,7 @@ def resolve_benchmark(value: str) -> Benchmark:
     benchmark = load_benchmark_file(value)
     registered = BENCHMARKS.get(benchmark.name) if benchmark.name in BENCHMARKS else None
     if registered is not None and registered.source != benchmark.source:
-        raise GFSSError(f"benchmark file {value}: 'name' {benchmark.name!r} is already defined by "
+        raise GFSSError(f"benchmark file {value}: 'name' {quote(benchmark.name)} is already defined by "
                         f"{registered.source or BENCHMARKS.origin(benchmark.name)}; choose another name")
     with registering_from(str(benchmark.source)):
         if registered is None:

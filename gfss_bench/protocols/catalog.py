@@ -12,6 +12,7 @@ import numpy as np
 
 from gfss_bench.errors import GFSSError
 from gfss_bench.registry import Registry
+from gfss_bench.userfiles import cut, quote
 
 PASCAL_CLASSES = (
     "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -67,13 +68,13 @@ class EvaluationSettings:
     def __post_init__(self):
         if self.image_size < 9 or (self.image_size - 1) % 8:
             raise GFSSError(f"--image-size must satisfy (S-1) % 8 == 0 and be at least 9 (e.g. 417 or 97), "
-                            f"got {self.image_size}")
+                            f"got {quote(self.image_size)}")
         if self.min_support_pixels < 1:
-            raise GFSSError(f"--min-support-pixels must be >= 1, got {self.min_support_pixels}")
+            raise GFSSError(f"--min-support-pixels must be >= 1, got {quote(self.min_support_pixels)}")
         if self.max_queries is not None and self.max_queries < 1:
-            raise GFSSError(f"--queries must be >= 1, got {self.max_queries}")
+            raise GFSSError(f"--queries must be >= 1, got {quote(self.max_queries)}")
         if self.support_source not in SUPPORT_SOURCES:
-            raise GFSSError(f"--support-source {self.support_source!r} is unknown; choose from: "
+            raise GFSSError(f"--support-source {quote(self.support_source)} is unknown; choose from: "
                             f"{', '.join(SUPPORT_SOURCES)}")
 
 
@@ -135,7 +136,7 @@ class Benchmark:
     def check_fold(self, fold: int) -> int:
         if not 0 <= fold < self.num_folds:
             raise GFSSError(
-                f"--fold {fold} is out of range for benchmark {self.name!r}: "
+                f"--fold {quote(fold)} is out of range for benchmark {self.name!r}: "
                 f"choose from: {', '.join(map(str, range(self.num_folds)))}"
             )
         return fold
@@ -184,9 +185,9 @@ def check_definition(class_names: Sequence[str], folds: Sequence[Sequence[int]],
     for class_id, class_name in enumerate(class_names, start=1):
         if not isinstance(class_name, str) or not class_name.strip():
             raise GFSSError(f"{where}: {classes_key}[{class_id - 1}] (class id {class_id}) must be a non-empty "
-                            f"name, got {class_name!r}")
+                            f"name, got {quote(class_name)}")
         if class_name in seen:
-            raise GFSSError(f"{where}: {classes_key!r} names {class_name!r} twice (ids {seen[class_name]} and "
+            raise GFSSError(f"{where}: {classes_key!r} names {quote(class_name)} twice (ids {seen[class_name]} and "
                             f"{class_id}); class names must be distinct")
         seen[class_name] = class_id
     if not folds:
@@ -199,14 +200,14 @@ def check_definition(class_names: Sequence[str], folds: Sequence[Sequence[int]],
             raise GFSSError(f"{where}: {key} is empty; every fold needs at least one novel class id")
         for class_id in novel:
             if isinstance(class_id, bool) or not isinstance(class_id, int):
-                raise GFSSError(f"{where}: {key} must hold integer class ids, got {class_id!r}")
+                raise GFSSError(f"{where}: {key} must hold integer class ids, got {quote(class_id)}")
             if not 1 <= class_id <= num_classes:
-                raise GFSSError(f"{where}: {key} holds class id {class_id}, outside 1..{num_classes} (the ids of "
-                                f"{classes_key!r}; 0 is background)")
+                raise GFSSError(f"{where}: {key} holds class id {quote(class_id)}, outside 1..{num_classes} (the "
+                                f"ids of {classes_key!r}; 0 is background)")
             if class_id in novel_in:
                 other = novel_in[class_id]
                 raise GFSSError(f"{where}: {key} lists class id {class_id} twice" if other == fold else
-                                f"{where}: class id {class_id} ({class_names[class_id - 1]}) is novel in "
+                                f"{where}: class id {class_id} ({cut(str(class_names[class_id - 1]))}) is novel in "
                                 f"{folds_key}[{other}] and {key}; a class may be novel in one fold only")
             novel_in[class_id] = fold
         if len(novel) == num_classes:

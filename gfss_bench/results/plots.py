@@ -1,8 +1,9 @@
 """Figures for papers (matplotlib, no display needed): grouped bars, novel mIoU vs. shots, the base-vs-novel
 trade-off with iso-HM curves, and per-class IoU heat-maps.
 
-Colours are the Okabe-Ito palette (distinguishable with the common colour-vision deficiencies) and every
-series also differs by hatch or marker, so figures survive greyscale printing. Every builder returns a
+Labels, class names and titles are drawn as plain text (`plain`: no mathtext). Colours are the Okabe-Ito palette
+(distinguishable with the common colour-vision deficiencies) and every series also differs by hatch or marker, so
+figures survive greyscale printing. Every builder returns a
 `matplotlib.figure.Figure` (never pyplot state), so callers and tests can inspect the artists. The leaderboard
 figures draw the own rows of a `board.Leaderboard` group, with its labels and order.
 """
@@ -29,8 +30,14 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 KINDS = ("bars", "shots", "tradeoff", "classes")
 
 
+def plain(text) -> str:
+    """`text` drawn as it is: matplotlib reads a string with two `$` as mathtext (which fails on input such as
+    `a$x^{$b`), so every `$` is escaped; the escape is removed when the text is drawn."""
+    return str(text).replace("$", r"\$")
+
+
 def _labels(group: Group) -> list[str]:
-    return [row.label + (" (incomplete)" if row.incomplete else "") for row in group.own_rows()]
+    return [plain(row.label + (" (incomplete)" if row.incomplete else "")) for row in group.own_rows()]
 
 
 def _column(group: Group, metric: str, field: str = "value") -> np.ndarray:
@@ -54,7 +61,7 @@ def bars_figure(group: Group, title: str = "") -> Figure:
     ax.set_xticks(x, labels, rotation=20 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylabel("mIoU (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(plain(title), fontsize=9)
     ax.legend(fontsize=8, ncols=3, loc="upper right", frameon=False)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
@@ -66,7 +73,7 @@ def shots_figure(groups: Sequence[Group], title: str = "") -> Figure:
     groups that differ only in their shot count."""
     figure = Figure(figsize=(4.8, 3.6), layout="constrained")
     ax = figure.add_subplot()
-    points = pd.DataFrame([{"label": row.label, "shot": group.shot, "novel": row.cells["novel_miou"].value,
+    points = pd.DataFrame([{"label": plain(row.label), "shot": group.shot, "novel": row.cells["novel_miou"].value,
                             "std": row.cells["novel_miou"].std} for group in groups for row in group.own_rows()])
     for i, (label, rows) in enumerate(points.groupby("label", sort=True)):
         rows = rows.sort_values("shot")
@@ -78,7 +85,7 @@ def shots_figure(groups: Sequence[Group], title: str = "") -> Figure:
     ax.set_xticks(shots, [str(s) for s in shots])
     ax.set_xlabel("shots per novel class (K)")
     ax.set_ylabel("novel mIoU (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(plain(title), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     return figure
@@ -102,7 +109,7 @@ def tradeoff_figure(group: Group, title: str = "", iso_hm: Sequence[float] = (20
     ax.set_ylim(0, 100)
     ax.set_xlabel("base mIoU (%)")
     ax.set_ylabel("novel mIoU (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(plain(title), fontsize=9)
     ax.legend(fontsize=8, frameon=False, loc="upper left")
     return figure
 
@@ -111,7 +118,7 @@ def class_heatmap_figure(frame: pd.DataFrame, title: str = "") -> Figure:
     """Per-class IoU of one fold: methods (rows) x episode classes (columns); novel classes in bold."""
     matrix = per_class_matrix(frame)
     values = matrix.to_numpy(dtype=float).T                     # methods x classes
-    names = [str(name) for name in matrix.index.get_level_values("class_name")]
+    names = [plain(name) for name in matrix.index.get_level_values("class_name")]
     roles = list(matrix.index.get_level_values("role"))
     figure = Figure(figsize=(max(5.0, 0.32 * len(names) + 2.5), 1.0 + 0.45 * len(matrix.columns) + 1.2),
                     layout="constrained")
@@ -122,9 +129,9 @@ def class_heatmap_figure(frame: pd.DataFrame, title: str = "") -> Figure:
         if role == "novel":
             tick.set_fontweight("bold")
             tick.set_color("#D55E00")
-    ax.set_yticks(range(len(matrix.columns)), [str(c) for c in matrix.columns], fontsize=8)
+    ax.set_yticks(range(len(matrix.columns)), [plain(c) for c in matrix.columns], fontsize=8)
     ax.set_xlabel("class (novel classes in bold orange)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(plain(title), fontsize=9)
     figure.colorbar(image, ax=ax, label="IoU (%)", fraction=0.04)
     return figure
 

@@ -1,18 +1,28 @@
-"""One JSON file per run spec, named by the spec's id, written atomically, with a content checksum."""
+"""One JSON file per run spec, named by the spec's id, written atomically, with a content checksum.
+
+A file that cannot be trusted (not a regular file, larger than `MAX_RESULT_BYTES`, truncated, nested too deep, a
+wrong checksum or schema version, a missing or mistyped field) is "damaged": `load` raises ValueError with the
+reason, `load_all` lists it as an `UnreadableResult`, and `set_aside` renames it out of the way (never deletes it).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from gfss_bench.paths import atomic_write_text
+from gfss_bench.paths import atomic_write_text, check_writable_folder
+from gfss_bench.userfiles import InputProblem, parse_json, quote, read_regular
 
 SCHEMA_VERSION = 3  # 2 added `method_label` and `benchmark_info`, 3 `segmenter_label` (see results/describe.py)
 READABLE_SCHEMA_VERSIONS = (1, 2, 3)  # older files load as they are; reports fall back for the missing fields
 PARTIAL_SUFFIX = ".partial.json"
+DAMAGED_SUFFIX = ".damaged"  # `<run_id>.json.damaged-<UTC time>`: a damaged result set aside (not *.json)
+MAX_RESULT_BYTES = 64 << 20  # a COCO-20i result of 5 runs is about 0.3 MiB
 
 
 def canonical_json(data: Any) -> str:
@@ -67,7 +77,7 @@ class ResultStore:
         if not path.is_file():
             return None
         try:
-            partial = self.load(path)
+            partial = self._read_verified(path)
         except ValueError:
             return None
         return partial if partial.get("run_id") == run_id and partial.get("partial") is True else None
@@ -75,18 +85,63 @@ class ResultStore:
     def remove_partial(self, run_id: str) -> None:
         self.partial_path_for(run_id).unlink(missing_ok=True)
 
-    def load(self, path: Path) -> dict:
-        """Read and verify one result file; raises ValueError with the reason when it cannot be trusted."""
+    def _read_verified(self, path: Path) -> dict:
+        """A regular file of at most MAX_RESULT_BYTES holding JSON with a readable schema version and a matching
+        checksum; ValueError with the reason otherwise."""
         try:
-            result = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot be read as JSON ({error})") from None
-        if not isinstance(result, dict) or result.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
-            raise ValueError(f"schema version {result.get('schema_version') if isinstance(result, dict) else None!r}"
-                             f" is not one of {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}")
-        if result.get("checksum") != content_checksum(result):
+            result = parse_json(read_regular(path, MAX_RESULT_BYTES))
+        except OSError as error:
+            raise ValueError(f"cannot be read ({error.strerror or error})") from None
+        except InputProblem as problem:
+            raise ValueError(f"cannot be read as JSON: it {problem}") from None
+        version = result.get("schema_version") if isinstance(result, dict) else None
+        if isinstance(version, bool) or version not in READABLE_SCHEMA_VERSIONS:
+            raise ValueError(f"schema version {quote(version, 40)} is not one of "
+                             f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}")
+        try:
+            checksum = content_checksum(result)
+        except (TypeError, ValueError, RecursionError):
+            checksum = None
+        if result.get("checksum") != checksum:
             raise ValueError("checksum mismatch: the file was modified or truncated")
         return result
+
+    def load(self, path: Path, run_id: Optional[str] = None) -> dict:
+        """Read and verify one result file (and, with `run_id`, that it holds that spec's result); raises
+        ValueError with the reason when it cannot be trusted."""
+        result = self._read_verified(Path(path))
+        problem = result_problem(result)
+        if problem:
+            raise ValueError(problem)
+        if run_id is not None and result["run_id"] != run_id:
+            raise ValueError(f"holds the result of run id {result['run_id'][:40]}, not {run_id}")
+        return result
+
+    def state(self, run_id: str) -> str:
+        """stored (a result that loads), damaged (a file that does not), partial (a checkpoint) or missing."""
+        if os.path.lexists(self.path_for(run_id)):
+            try:
+                self.load(self.path_for(run_id), run_id)
+                return "stored"
+            except ValueError:
+                return "damaged"
+        return "partial" if self.partial_path_for(run_id).exists() else "missing"
+
+    def set_aside(self, path: Path) -> Optional[Path]:
+        """Rename a damaged file to `<name>.damaged-<UTC time>` next to it (never deleted; `load_all` no longer
+        reads it); the new path, or None when it could not be renamed (gone already, or a read-only folder)."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        target = Path(path).with_name(f"{Path(path).name}{DAMAGED_SUFFIX}-{stamp}")
+        try:
+            os.rename(path, target)
+        except OSError:
+            return None
+        return target
+
+    def check_writable(self) -> None:
+        """Create and remove a probe file in the folder (or where it will be created); a GFSSError naming the folder
+        when that fails (called before any work whose results could not be stored)."""
+        check_writable_folder(self.root, "results folder", "pass a writable --results-dir")
 
     def load_all(self) -> tuple[list[dict], list[UnreadableResult]]:
         results, problems = [], []
@@ -100,3 +155,72 @@ class ResultStore:
             except ValueError as error:
                 problems.append(UnreadableResult(path, str(error)))
         return results, problems
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _runs_problem(runs: Any, classes: Optional[int]) -> Optional[str]:
+    if not isinstance(runs, list):
+        return "'runs' is not a list"
+    for number, run in enumerate(runs):
+        if not isinstance(run, dict) or not _is_int(run.get("run")):
+            return f"runs[{number}] is not a mapping with an integer 'run'"
+        run_scores = run.get("scores", {})
+        if not isinstance(run_scores, dict) or not all(_is_number(v) for v in run_scores.values()):
+            return f"runs[{number}].scores is not a mapping of numbers"
+        confusion = run.get("confusion")
+        if confusion is not None:
+            size = len(confusion) if isinstance(confusion, list) else -1
+            if (size < 1 or (classes is not None and size != classes)
+                    or not all(isinstance(row, list) and len(row) == size and all(_is_int(v) for v in row)
+                               for row in confusion)):
+                return f"runs[{number}].confusion is not a square matrix of integers, one row per episode class"
+    return None
+
+
+def result_problem(result: dict) -> Optional[str]:
+    """What is missing or mistyped in a result for the reports (None when nothing): the fields they read."""
+    if not isinstance(result.get("run_id"), str):
+        return "'run_id' is missing or not a string"
+    spec = result.get("spec")
+    if not isinstance(spec, dict):
+        return "'spec' is missing or not a mapping"
+    for key in ("method", "benchmark", "protocol", "convention", "segmenter"):
+        if not isinstance(spec.get(key), str):
+            return f"spec.{key} is missing or not a string"
+    for key in ("fold", "shot", "runs", "seed"):
+        if not _is_int(spec.get(key)):
+            return f"spec.{key} is missing or not an integer"
+    for key, kinds in (("method_options", dict), ("evaluation", (dict, type(None))), ("episodes", str),
+                       ("feature_precision", str)):
+        if key in spec and not isinstance(spec[key], kinds):
+            return f"spec.{key} has the wrong type"
+    if any(key in spec and not _is_int(spec[key]) for key in ("protocol_version", "method_version")):
+        return "spec.protocol_version or spec.method_version is not an integer"
+    aggregate = result.get("aggregate")
+    if not isinstance(aggregate, dict) or not all(
+            isinstance(v, dict) and all(_is_number(x) for x in v.values()) for v in aggregate.values()):
+        return "'aggregate' is missing or not a mapping of {mean, std} numbers"
+    names = result.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        return "'class_names' is not a list of strings"
+    ids = result.get("class_ids")
+    if ids is not None and not (isinstance(ids, list) and all(_is_int(i) for i in ids)
+                                and (names is None or len(ids) == len(names))):
+        return "'class_ids' is not a list of integers, one per class name"
+    if any(key in result and not _is_int(result[key]) for key in ("num_base", "num_novel")):
+        return "'num_base' or 'num_novel' is not an integer"
+    for key, kinds in (("method_label", str), ("segmenter_label", str), ("provenance", dict),
+                       ("benchmark_info", dict), ("skipped_images", list)):
+        if result.get(key) is not None and not isinstance(result[key], kinds):
+            return f"{key!r} has the wrong type"
+    folds = (result.get("benchmark_info") or {}).get("num_folds")
+    if folds is not None and not _is_int(folds):
+        return "benchmark_info.num_folds is not an integer"
+    return _runs_problem(result.get("runs", []), len(names) if isinstance(names, list) else None)

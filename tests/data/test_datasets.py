@@ -78,11 +78,16 @@ def test_paths_escaping_the_root_are_rejected(voc_root, bad):
         SegmentationList(voc_root, list_file)
 
 
-def test_symlink_escaping_the_root_is_rejected(voc_root, tmp_path):
+def test_symlinked_folder_inside_the_root_is_taken_as_laid_out(voc_root, tmp_path):
+    """A folder of the root may be a symlink to another disk (a common cluster layout); lines still may not leave the
+    root by themselves (`..`, absolute paths: above)."""
     (tmp_path / "elsewhere").mkdir()
     (voc_root / "link").symlink_to(tmp_path / "elsewhere")
-    list_file = voc_root / "bad.txt"
+    list_file = voc_root / "linked.txt"
     list_file.write_text("link/a.jpg SegmentationClass/a.png\n")
+    [(image, label)] = SegmentationList(voc_root, list_file).items
+    assert image == voc_root.resolve() / "link" / "a.jpg" and label.parent.name == "SegmentationClass"
+    list_file.write_text("link/../../elsewhere/a.jpg SegmentationClass/a.png\n")
     with pytest.raises(GFSSError, match="outside the data root"):
         SegmentationList(voc_root, list_file)
 

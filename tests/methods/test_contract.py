@@ -13,7 +13,7 @@ import torch
 from gfss_bench.methods import METHODS, Fitted, Task, build_method
 from tests.methods.tasks import make_task
 
-FAST_OPTIONS = {"diam": dict(iterations=5), "finetune": dict(iterations=5)}
+FAST_OPTIONS = {"diam": dict(iterations=5), "finetune": dict(iterations=5)}  # classtrans: its defaults are fast
 TOL = 1e-5
 
 
@@ -34,8 +34,10 @@ class NoQueryLabels(Task):
 
 
 def small_task(shots=2, seed=0, queries=4, **kwargs):
-    return make_task(shots=shots, seed=seed, queries=queries, num_base=3, num_novel=3, channels=8, feat=6,
+    task = make_task(shots=shots, seed=seed, queries=queries, num_base=3, num_novel=3, channels=8, feat=6,
                      label=23, **kwargs)
+    # one seed per query image, as the runner gives (methods that draw per query must follow their queries)
+    return dataclasses.replace(task, query_seeds=torch.arange(queries, dtype=torch.int64) * 7919 + seed)
 
 
 def without_labels(task: Task) -> Task:
@@ -45,7 +47,8 @@ def without_labels(task: Task) -> Task:
 
 def queries(task: Task, index) -> Task:
     return dataclasses.replace(task, query_features=task.query_features[index], query_valid=task.query_valid[index],
-                               query_labels=None if task.query_labels is None else task.query_labels[index])
+                               query_labels=None if task.query_labels is None else task.query_labels[index],
+                               query_seeds=None if task.query_seeds is None else task.query_seeds[index])
 
 
 def cloned(task: Task) -> Task:
@@ -57,7 +60,7 @@ NAMES = METHODS.names()
 
 
 def test_every_method_is_covered():
-    assert {"base", "bcm", "diam", "finetune", "imprint"} <= set(NAMES)
+    assert {"base", "bcm", "classtrans", "diam", "finetune", "imprint"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -40,3 +40,22 @@ def test_concurrent_atomic_writes_leave_one_whole_file(tmp_path):
         thread.join()
     assert path.read_bytes() in payloads
     assert [p.name for p in path.parent.iterdir()] == ["segmenter.pt"]  # no temporaries left
+
+
+def test_wrong_shape_user_checkpoint_is_not_told_to_delete_it(tmp_path):
+    """A `gfss-bench train` file passed with --checkpoint is the user's own: no "delete the file to retrain"."""
+    import torch
+
+    from gfss_bench.models.checkpoints import load_checkpoint_segmenter
+    from gfss_bench.models.small_pspnet import SmallPSPNet, SmallPSPNetConfig
+
+    path = tmp_path / "fold0.pt"
+    zoo.save_weights_file(SmallPSPNet(SmallPSPNetConfig(num_outputs=16)), path, "0" * 16)
+    payload = torch.load(path, weights_only=True)
+    payload["arch"]["feature_channels"] = 48  # the tensors no longer fit the architecture the file names
+    torch.save(payload, path)
+    with pytest.raises(GFSSError) as error:
+        load_checkpoint_segmenter(path, expected_outputs=16)
+    message = str(error.value)
+    assert str(path) in message and "`gfss-bench train` file" in message and "size mismatch" in message
+    assert "delete" not in message and "\n" not in message and len(message) < 600
