@@ -13,6 +13,7 @@ from gfss_bench.models.features import EXTRACTION_CHUNK, Extractor, FeatureConfi
 from gfss_bench.evaluation.runner import execute
 from gfss_bench.evaluation.spec import RunSpec
 from gfss_bench.cli import cli
+from tests.evaluation.toy import toy_benchmark
 from gfss_bench.errors import GFSSError
 from gfss_bench.protocols import get_benchmark
 from gfss_bench.results.store import ResultStore
@@ -96,13 +97,14 @@ def _confusions(results):
 
 
 def test_streamed_and_cached_runs_equal_the_in_memory_run(tmp_path):
-    specs = [RunSpec.create(m, "synthetic5i", 0, "practical", 1, runs=2) for m in ("base", "imprint")]
+    bench = toy_benchmark(tmp_path / "bench")  # 12 images: the three feature sources are what is compared
+    specs = [RunSpec.create(m, bench, 0, "practical", 1, runs=2) for m in ("base", "imprint")]
     memory = execute(specs, ResultStore(tmp_path / "a"), segmenter_loader=CountingLoader())
     streamed = execute(specs, ResultStore(tmp_path / "b"), segmenter_loader=CountingLoader(),
                        features=FeatureConfig(memory_limit_gib=0))
     assert _confusions(streamed) == _confusions(memory)
     assert [r["provenance"]["feature_storage"] for r in memory + streamed] == ["memory"] * 2 + ["streamed"] * 2
-    cached_specs = [RunSpec.create(m, "synthetic5i", 0, "practical", 1, runs=2, feature_cache=True)
+    cached_specs = [RunSpec.create(m, bench, 0, "practical", 1, runs=2, feature_cache=True)
                     for m in ("base", "imprint")]
     assert {s.run_id for s in cached_specs}.isdisjoint(s.run_id for s in specs)  # fp16 features: other run ids
     with pytest.raises(GFSSError, match="--feature-cache"):
