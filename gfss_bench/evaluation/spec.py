@@ -21,6 +21,7 @@ from gfss_bench.metrics import CONVENTIONS
 from gfss_bench.methods import METHODS, Method, build_method
 from gfss_bench.models.families import BUILTIN as BUILTIN_SEGMENTER
 from gfss_bench.models.features import PRECISIONS
+from gfss_bench.models.zoo import config_hash
 from gfss_bench.protocols import EvaluationSettings, get_benchmark, get_protocol
 from gfss_bench.results.store import canonical_json
 from gfss_bench.userfiles import quote
@@ -54,6 +55,10 @@ class RunSpec:
     protocol_version: int = PROTOCOL_VERSION
     method_version: int = 1  # filled by `create` with the method's `version`
     benchmark_digest: Optional[str] = None  # filled by `create` for a YAML or plugin benchmark: its definition's hash
+    # Filled by `create` for the built-in segmenter: the config hash of its training recipe (`zoo.config_hash`), so
+    # that retrained shipped weights give new run ids. Left out of the id when None (every other segmenter id
+    # already follows its weights), so the ids of other specs are those of the versions before the field.
+    builtin_config: Optional[str] = None
 
     @classmethod
     def create(cls, method: str, benchmark: str, fold: int, protocol: str, shot: int,
@@ -68,13 +73,17 @@ class RunSpec:
         built = build_method(method, **(options or {}))
         bench = get_benchmark(benchmark)
         bench.check_fold(fold)
+        builtin = kwargs.get("segmenter", BUILTIN_SEGMENTER) == BUILTIN_SEGMENTER
         return cls(method, _freeze(built.options()), benchmark, fold, protocol, shot,
                    evaluation=bench.evaluation_settings(**(evaluation or {})), method_version=type(built).version,
-                   benchmark_digest=bench.digest, **kwargs)
+                   benchmark_digest=bench.digest,
+                   builtin_config=config_hash(benchmark, fold, protocol) if builtin else None, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["method_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.method_options}
+        if data["builtin_config"] is None:
+            del data["builtin_config"]
         return data
 
     @property
