@@ -83,7 +83,7 @@ def table() -> str:
                 continue
             curve = dict((step, miou) for step, miou in manifest["curve"])
             half = curve.get(manifest["steps"] / 2)
-            gain = "" if half is None else f", +{100 * (curve[manifest['steps']] - half):.1f} over the last doubling"
+            gain = "" if half is None else f", {100 * (curve[manifest['steps']] - half):+.1f} over the last doubling"
             cells.append(f"{100 * manifest['val_base_miou']:.1f} ({manifest['steps']} steps{gain})")
         lines.append(f"| {benchmark} | {protocol} | " + " | ".join(cells + [""] * (4 - len(cells))) + " |")
     return "\n".join(lines)
