@@ -26,7 +26,7 @@ def _numbers(value):
         yield value
 
 
-@pytest.mark.slow  # about 95 s alone on a 2-core CPU: run by .ci/run with `pytest -m slow`
+@pytest.mark.slow  # about 1 minute on a 2-core CPU: run by .ci/run with `pytest -m slow`
 def test_quick_cpu_run_passes_and_writes_finite_figures(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=1200, cwd=ROOT)
