@@ -186,9 +186,10 @@ def _train_step(state: TrainingState, images: torch.Tensor, labels: torch.Tensor
 
 
 def new_training_state(model: torch.nn.Module, num_images: int, config: TrainConfig) -> TrainingState:
+    """The start of a training: data order and flips from their own generator, dropout from torch's global one
+    (the recipe draws nothing from numpy)."""
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    np.random.seed(config.seed % 2 ** 32)
     ema = copy.deepcopy(model).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return TrainingState(model, ema, optimizer, generator, torch.randperm(num_images, generator=generator))
