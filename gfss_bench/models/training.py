@@ -204,7 +204,8 @@ def train_on_arrays(model: torch.nn.Module, images: torch.Tensor, labels: torch.
 
     `evaluate(ema)` gives the curve point every `eval_every` steps and decides the plateau stop (without it, the
     run goes to `steps`). With `state_file`, the state is saved there at every curve point and a saved state is
-    resumed from, so an interrupted run continues bit for bit; the file is removed at the end."""
+    resumed from, so an interrupted run continues bit for bit. The finished state is saved too and kept: the caller
+    removes it once the result is safely written (`zoo.train_and_save`), so a kill in between loses nothing."""
     model.to(device).train()
     state = new_training_state(model, len(images), config)
     state.ema.to(device)
@@ -230,7 +231,7 @@ def train_on_arrays(model: torch.nn.Module, images: torch.Tensor, labels: torch.
     model.eval()
     state.ema.eval()
     if state_file is not None:
-        Path(state_file).unlink(missing_ok=True)
+        state.save(Path(state_file))
     return state
 
 

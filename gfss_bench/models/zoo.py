@@ -130,9 +130,9 @@ def train_and_save(benchmark_name: str, fold: int, protocol_name: str, *, seed: 
     train_config = TrainConfig(seed=seed) if steps is None else TrainConfig(seed=seed, steps=steps)
     digest = config_hash(benchmark_name, fold, protocol_name, train_config)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    state_file = training_state_file(digest)
     model, info = train_base_segmenter(benchmark_name, fold, protocol_name, config=train_config, device=device,
-                                       progress=progress, data_root=data_root, log=log,
-                                       state_file=training_state_file(digest))
+                                       progress=progress, data_root=data_root, log=log, state_file=state_file)
     path = cache_dir() / "segmenters" / f"{digest}.pt" if out is None else Path(out)
     save_weights_file(model, path, digest, fp16=True)
     stored, _ = load_weights_file(path, device)
@@ -153,6 +153,7 @@ def train_and_save(benchmark_name: str, fold: int, protocol_name: str, *, seed: 
         "size_bytes": path.stat().st_size,
     }
     atomic_write_text(path.with_suffix(".json"), json.dumps(manifest, indent=2) + "\n")
+    state_file.unlink(missing_ok=True)  # only now: a kill before this resumes from the finished state
     return path
 
 

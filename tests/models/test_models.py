@@ -116,7 +116,12 @@ def test_an_interrupted_training_resumes_bit_for_bit(tmp_path):
     resumed = _train(config, evaluate=lambda model: 0.5, state_file=state_file)
     assert resumed.losses == uninterrupted.losses and resumed.curve == uninterrupted.curve
     assert _same_weights(resumed.ema, uninterrupted.ema) and _same_weights(resumed.model, uninterrupted.model)
-    assert not state_file.exists(), "a finished training removes its resume state"
+    # The finished state stays until the caller has written its result; a restart from it trains no more.
+    assert state_file.exists()
+    again = _train(config, evaluate=lambda model: pytest.fail("a finished training must not evaluate again"),
+                   state_file=state_file)
+    assert again.step == uninterrupted.step and again.losses == uninterrupted.losses
+    assert _same_weights(again.ema, uninterrupted.ema)
 
 
 def test_config_hash_covers_data_version_fold_protocol_and_hyperparameters(monkeypatch):
@@ -218,3 +223,30 @@ def test_train_and_cache_copies_weights_and_manifest_to_out(monkeypatch, tmp_pat
     assert info["base_miou"] == 0.61 and info["path"] == tmp_path / "out" / "model.pt"
     assert zoo.load_weights_file(info["path"])[1] == "abc"
     assert json.loads((tmp_path / "out" / "model.json").read_text())["config_hash"] == "abc"
+
+
+def test_train_and_save_keeps_the_resume_state_until_the_manifest_is_written(monkeypatch, tmp_path):
+    monkeypatch.setattr(zoo, "cache_dir", lambda: tmp_path / "cache")
+    state_file = zoo.training_state_file(zoo.config_hash("synthetic5i", 0, "practical", TrainConfig(steps=4)))
+    trainings = []
+
+    def fake_training(benchmark_name, fold, protocol_name, *, state_file, **kwargs):
+        trainings.append(state_file)
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_bytes(b"finished state")
+        return build_small_pspnet(16).eval(), {"steps": 4, "curve": [], "plateau": False, "train_seconds": 1.0,
+                                                "device": "cpu", "torch_threads": 1, "training_images": 8,
+                                                "final_loss": 0.5}
+
+    def killed_while_scoring(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zoo, "train_base_segmenter", fake_training)
+    monkeypatch.setattr(zoo, "evaluate_base_miou", killed_while_scoring)
+    with pytest.raises(KeyboardInterrupt):
+        zoo.train_and_save("synthetic5i", 0, "practical", steps=4, progress=False)
+    assert trainings == [state_file] and state_file.exists(), "a kill before the manifest keeps the training"
+    monkeypatch.setattr(zoo, "evaluate_base_miou", lambda *args, **kwargs: 0.5)
+    path = zoo.train_and_save("synthetic5i", 0, "practical", steps=4, progress=False)
+    assert json.loads(path.with_suffix(".json").read_text())["val_base_miou"] == 0.5
+    assert not state_file.exists(), "the state goes once the weights and manifest are written"
