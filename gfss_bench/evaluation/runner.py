@@ -151,10 +151,9 @@ def list_episodes(benchmark: Benchmark, folds: Iterable[int], shots: Iterable[in
     return documents
 
 
-def _feature_bytes(num_images: int, num_channels: int, image_size: int) -> int:
-    """float32 bytes of `num_images` feature maps at output stride 8."""
-    side = (image_size - 1) // 8 + 1
-    return num_images * num_channels * side * side * 4
+def _feature_bytes(num_images: int, feature_shape: tuple[int, ...]) -> int:
+    """float32 bytes of `num_images` feature maps of one image's measured shape (C, h, w)."""
+    return num_images * int(np.prod(feature_shape)) * 4
 
 
 def _load_evaluation_data(spec: RunSpec, device: torch.device, segmenter_loader: Callable,
@@ -179,7 +178,8 @@ def _load_evaluation_data(spec: RunSpec, device: torch.device, segmenter_loader:
     candidates = query_candidates(benchmark, pixel_counts)
     if spec.feature_cache and features.cache_dir is None:
         raise GFSSError("this run spec uses the on-disk feature cache: pass --feature-cache DIR")
-    needed = _feature_bytes(len(candidates), weight.shape[0], settings.image_size)
+    segmenter.input_contract.padded_side(settings.image_size, f"segmenter {loaded.label or spec.segmenter}")
+    needed = _feature_bytes(len(candidates), extractor.feature_shape())
     memory_fits = needed <= features.memory_limit_bytes()
     if spec.feature_cache or memory_fits:
         description = None
@@ -188,6 +188,8 @@ def _load_evaluation_data(spec: RunSpec, device: torch.device, segmenter_loader:
                            "image_size": settings.image_size, "preprocessing": PREPROCESSING_VERSION,
                            "precision": spec.feature_precision,
                            "device": device.type}
+            if not segmenter.input_contract.is_imagenet:
+                description["normalisation"] = [list(segmenter.input_contract.mean), list(segmenter.input_contract.std)]
         queries = StoredFeatures(extractor, candidates, features.cache_dir if spec.feature_cache else None,
                                  description)
         _fill(queries, workers, spec, log)
