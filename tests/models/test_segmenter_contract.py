@@ -1,0 +1,219 @@
+"""The contract every registered segmenter family keeps, as tests/methods/test_contract.py does for methods.
+
+Tiny random models are built from configs (nothing downloaded) and saved the way their libraries save them; each is
+then loaded through its family and compared with the model's own head module and logits.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gfss_bench.errors import GFSSError
+from gfss_bench.models import build_segmenter
+from gfss_bench.models.families import SEGMENTER_FAMILIES, SegmenterContext
+from gfss_bench.models.generic import HeadSegmenter
+from gfss_bench.models.pspnet import PSPNetResNet50
+from gfss_bench.protocols import get_benchmark
+
+BENCHMARK, FOLD, OUTPUTS = "synthetic5i", 0, 16  # fold 0: background + 15 base classes
+CONTEXT = SegmenterContext(get_benchmark(BENCHMARK), FOLD, "standard", torch.device("cpu"))
+TINY_ENCODER = "tu-mobilenetv3_small_050"  # 0.3M parameters; timm builds it without weights
+
+
+def _images(side: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(seed))
+
+
+def _save_smp(folder, architecture, outputs=OUTPUTS, seed=0, **kwargs):
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    torch.manual_seed(seed)
+    model = smp.create_model(architecture, encoder_name=TINY_ENCODER, encoder_weights=None, classes=outputs,
+                             **kwargs).eval()
+    model.save_pretrained(str(folder))
+    return model
+
+
+def _save_hf(folder, kind, outputs=OUTPUTS, seed=0):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    if kind == "segformer":
+        config = transformers.SegformerConfig(num_labels=outputs, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                                              num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=16)
+        model = transformers.SegformerForSemanticSegmentation(config)
+    else:
+        backbone = transformers.ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                                               out_features=["stage1", "stage2", "stage3", "stage4"])
+        config = transformers.UperNetConfig(backbone_config=backbone, num_labels=outputs, hidden_size=16,
+                                            auxiliary_channels=8)
+        model = transformers.UperNetForSemanticSegmentation(config)
+    model.eval().save_pretrained(str(folder))
+    return model
+
+
+def _save_pspnet(path, outputs=OUTPUTS, seed=0):
+    torch.manual_seed(seed)
+    model = PSPNetResNet50(outputs).eval()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    return model
+
+
+MODULE_SOURCE = '''
+import torch
+from torch import nn
+
+
+class PatchLinear(nn.Module):
+    """A strided conv 'backbone' and a Linear head over channels-last features."""
+
+    gfss_size_multiple = 4
+
+    def __init__(self, outputs):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 12, 4, stride=4), nn.ReLU())
+        self.head = nn.Linear(12, outputs)
+
+    def forward(self, x):
+        return self.head(self.backbone(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def build(outputs):
+    return PatchLinear(outputs)
+'''
+
+
+def _save_module(folder, outputs=OUTPUTS, seed=0):
+    (folder / "net.py").write_text(MODULE_SOURCE)
+    namespace = {}
+    exec(MODULE_SOURCE, namespace)  # the same code the family runs, to get the reference model
+    torch.manual_seed(seed)
+    model = namespace["build"](outputs).eval()
+    torch.save(model.state_dict(), folder / "net.pt")
+    return model
+
+
+def _smp_logits(model, features_logits):
+    return torch.nn.Sequential(*list(model.segmentation_head)[1:])(features_logits)  # the head's own upsampling after its conv
+
+
+def _upernet_logits(model, features_logits, side):
+    return F.interpolate(features_logits, size=(side, side), mode="bilinear", align_corners=False)
+
+
+# name -> (saver, reference given the folder, logits of the model's forward from logits at feature resolution)
+CASES = {
+    "hf-segformer": (lambda d: _save_hf(d, "segformer"), lambda d: f"hf:{d}",
+                     lambda m, x: m(pixel_values=x).logits, lambda m, z, s: z),
+    "hf-upernet": (lambda d: _save_hf(d, "upernet"), lambda d: f"hf:{d}",
+                   lambda m, x: m(pixel_values=x).logits, _upernet_logits),
+    "smp-deeplabv3plus": (lambda d: _save_smp(d, "DeepLabV3Plus", decoder_channels=16), lambda d: f"smp:{d}",
+                          lambda m, x: m(x), lambda m, z, s: _smp_logits(m, z)),
+    "smp-fpn": (lambda d: _save_smp(d, "FPN", decoder_pyramid_channels=16, decoder_segmentation_channels=32),
+                lambda d: f"smp:{d}", lambda m, x: m(x), lambda m, z, s: _smp_logits(m, z)),
+    "smp-unet": (lambda d: _save_smp(d, "Unet", decoder_channels=(16, 8, 8, 8, 8)), lambda d: f"smp:{d}",
+                 lambda m, x: m(x), lambda m, z, s: _smp_logits(m, z)),
+    "module-linear": (_save_module, lambda d: f"module:{d / 'net.py'}:build={d / 'net.pt'}#head",
+                      lambda m, x: m(x), lambda m, z, s: z),
+}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """name -> (reference, reference model), each saved once per test module."""
+    made = {}
+
+    def get(name):
+        if name not in made:
+            folder = tmp_path_factory.mktemp(name)
+            save, reference, _, _ = CASES[name]
+            made[name] = reference(folder), save(folder)
+        return made[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_classifier_over_features_equals_the_models_head_and_logits(saved, name):
+    reference, model = saved(name)
+    segmenter = build_segmenter(reference, benchmark=BENCHMARK, fold=FOLD, device="cpu")
+    assert isinstance(segmenter, HeadSegmenter) and segmenter.num_outputs == OUTPUTS
+    assert not any(module.training for module in segmenter.modules())
+    assert all(p.device.type == "cpu" for p in segmenter.parameters())
+    side = 64  # a side every model here takes as it is
+    images = _images(side)
+    head_outputs = []
+    handle = model.get_submodule(segmenter.head_name).register_forward_hook(
+        lambda module, inputs, output: head_outputs.append(output))
+    with torch.no_grad():
+        own_logits = CASES[name][2](model, images)
+        weight, bias = segmenter.classifier_weight_and_bias()
+        features = segmenter.extract_features(images)
+        linear = torch.einsum("nchw,ck->nkhw", features, weight) + bias.view(1, -1, 1, 1)
+        again = segmenter.extract_features(images)
+    handle.remove()
+    head = head_outputs[0]
+    if isinstance(segmenter.head, torch.nn.Linear):  # channels last
+        head = head.permute(0, 3, 1, 2)
+    assert weight.shape == (segmenter.num_features, OUTPUTS) and features.shape[1] == segmenter.num_features
+    assert (linear - head).abs().max().item() < 1e-4
+    assert (CASES[name][3](model, linear, side) - own_logits).abs().max().item() < 1e-4
+    assert torch.equal(features, again)
+
+
+@pytest.mark.parametrize("name", ["smp-deeplabv3plus", "hf-upernet"])
+def test_other_sides_are_padded_with_black_and_the_features_cropped(saved, name):
+    reference, model = saved(name)
+    segmenter = build_segmenter(reference, benchmark=BENCHMARK, fold=FOLD, device="cpu")
+    contract = segmenter.input_contract
+    images = _images(33)
+    black = (-torch.tensor(contract.mean) / torch.tensor(contract.std)).view(1, 3, 1, 1)
+    side = contract.padded_side(33)
+    assert side > 33 and side % contract.size_step == 0
+    padded = black.expand(2, 3, side, side).clone()
+    padded[..., :33, :33] = images
+    with torch.no_grad():
+        features = segmenter.extract_features(images)
+        full = segmenter.extract_features(padded)
+    stride = side // full.shape[-1]
+    keep = -(-33 // stride)  # ceil(33 / stride): the features whose pixel stride * i lies in the image
+    assert features.shape[-2:] == (keep, keep)
+    assert torch.equal(features, full[..., :keep, :keep])
+
+
+def test_a_3x3_head_is_exactly_a_linear_classifier_over_unfolded_neighbourhoods(saved):
+    reference, model = saved("smp-unet")
+    segmenter = build_segmenter(reference, benchmark=BENCHMARK, fold=FOLD, device="cpu")
+    head = model.segmentation_head[0]
+    assert head.kernel_size == (3, 3) and segmenter.num_features == 9 * head.in_channels
+    inputs = []
+    handle = head.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    images = _images(32, seed=3)
+    with torch.no_grad():
+        model(images)
+        features = segmenter.extract_features(images)
+    handle.remove()
+    expected = F.unfold(inputs[0], 3, padding=1).reshape(features.shape)
+    assert torch.equal(features, expected)
+
+
+@pytest.mark.parametrize("name", ["hf-segformer", "smp-fpn", "module-linear"])
+def test_the_segmenter_id_follows_the_weights_not_the_folder_name(saved, tmp_path, name):
+    reference, _ = saved(name)
+    family = SEGMENTER_FAMILIES.get(reference.split(":", 1)[0])
+    first, _ = family.resolve(reference.split(":", 1)[1], CONTEXT)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    CASES[name][0](copy)  # the same weights (same seed) in another folder
+    same, _ = family.resolve(CASES[name][1](copy).split(":", 1)[1], CONTEXT)
+    changed_folder = tmp_path / "changed"
+    changed_folder.mkdir()
+    saver = {"hf-segformer": lambda d: _save_hf(d, "segformer", seed=5),
+             "smp-fpn": lambda d: _save_smp(d, "FPN", seed=5, decoder_pyramid_channels=16,
+                                            decoder_segmentation_channels=32),
+             "module-linear": lambda d: _save_module(d, seed=5)}[name]
+    saver(changed_folder)
+    changed, _ = family.resolve(CASES[name][1](changed_folder).split(":", 1)[1], CONTEXT)
+    assert first == same and changed != first
