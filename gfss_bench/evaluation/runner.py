@@ -261,7 +261,7 @@ def _support_task(data: EvaluationData, spec: RunSpec, episode: Episode, device:
                 support_labels=labels.reshape(n, k, *labels.shape[1:]).to(device),
                 query_features=features.new_zeros((0, channels, *features.shape[2:])),
                 query_valid=torch.zeros((0, *labels.shape[1:]), dtype=torch.bool, device=device),
-                query_labels=None, seed=episode.seed)
+                query_labels=None, seed=episode.seed, segmenter=data.segmenter_label or spec.segmenter)
 
 
 def query_seeds(run_seed: int, val_indices: Iterable[int]) -> torch.Tensor:

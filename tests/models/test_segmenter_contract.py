@@ -6,7 +6,7 @@ then loaded through its family and compared with the model's own head module and
 
 from __future__ import annotations
 
-import shutil
+import dataclasses
 
 import pytest
 import torch
@@ -217,3 +217,41 @@ def test_the_segmenter_id_follows_the_weights_not_the_folder_name(saved, tmp_pat
     saver(changed_folder)
     changed, _ = family.resolve(CASES[name][1](changed_folder).split(":", 1)[1], CONTEXT)
     assert first == same and changed != first
+
+
+def test_wrong_output_counts_and_wrong_files_are_one_line_errors(tmp_path):
+    smp_folder, hf_folder = tmp_path / "smp5", tmp_path / "hf"
+    _save_smp(smp_folder, "DeepLabV3Plus", outputs=5, decoder_channels=16)
+    with pytest.raises(GFSSError, match=r"smp model .*smp5 \(head segmentation_head\.0\) has 5 classifier outputs "
+                                        r".* synthetic5i fold 0 .* needs 16"):
+        build_segmenter(f"smp:{smp_folder}", benchmark=BENCHMARK, fold=FOLD)
+    _save_hf(hf_folder, "segformer")
+    (hf_folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(GFSSError, match="hf folder .*transformers cannot load"):
+        build_segmenter(f"hf:{hf_folder}", benchmark=BENCHMARK, fold=FOLD)
+    (smp_folder / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(GFSSError, match="model.safetensors cannot be read"):
+        build_segmenter(f"smp:{smp_folder}", benchmark=BENCHMARK, fold=FOLD)
+    with pytest.raises(GFSSError, match="holds no config.json"):
+        build_segmenter(f"smp:{tmp_path}", benchmark=BENCHMARK, fold=FOLD)
+    _save_hf(tmp_path / "x", "segformer")
+    with pytest.raises(GFSSError, match="has no module 'decode_head.clasifier'"):
+        build_segmenter(f"hf:{tmp_path / 'x'}#head=decode_head.clasifier", benchmark=BENCHMARK, fold=FOLD)
+    (tmp_path / "net.py").write_text(MODULE_SOURCE)
+    with pytest.raises(GFSSError, match="defines no function 'buld'"):
+        build_segmenter(f"module:{tmp_path / 'net.py'}:buld#head", benchmark=BENCHMARK, fold=FOLD)
+    with pytest.raises(GFSSError, match="must be written module:FILE.py:FUNCTION"):
+        build_segmenter(f"module:{tmp_path / 'net.py'}", benchmark=BENCHMARK, fold=FOLD)
+
+
+def test_bcm_refuses_negative_features_unless_beta_is_one():
+    from gfss_bench.methods import build_method
+    from gfss_bench.methods.bcm import check_non_negative
+    from tests.methods.tasks import make_task
+
+    task = make_task(seed=2)
+    shifted = dataclasses.replace(task, support_features=task.support_features - 0.5, segmenter="hf:/models/x")
+    with pytest.raises(GFSSError, match=r"segmenter hf:/models/x have negative values.*-o bcm\.beta=1"):
+        build_method("bcm").fit(shifted)
+    check_non_negative(shifted.support_features, 1.0, shifted.segmenter)  # beta = 1: the raw features are fine
+    check_non_negative(task.support_features, 0.5, task.segmenter)  # post-ReLU features pass
