@@ -34,12 +34,19 @@ def build_hf_model(folder: Path) -> nn.Module:
         from transformers import AutoModelForSemanticSegmentation
     except ImportError:
         raise GFSSError("--segmenter hf: needs transformers; pip install 'gfss-bench[hf]'") from None
+    from transformers.utils import logging as transformers_logging
+
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # gfss-bench reports its own progress
     try:
         model, info = AutoModelForSemanticSegmentation.from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=False, output_loading_info=True)
     except Exception as error:  # noqa: BLE001 - corrupt files raise many types (SafetensorError, OSError, ...)
         raise GFSSError(f"hf folder {folder}: transformers cannot load a semantic-segmentation model from it "
                         f"({type(error).__name__}: {str(error)[:200]})") from None
+    finally:
+        if bars:
+            transformers_logging.enable_progress_bar()
     absent = sorted(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
     if absent:
         raise GFSSError(f"hf folder {folder}: its weights lack or misshape {len(absent)} tensor(s) of the model its "
