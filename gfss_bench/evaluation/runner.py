@@ -37,6 +37,7 @@ from gfss_bench.data.transforms import PREPROCESSING_VERSION
 from gfss_bench.errors import GFSSError
 from gfss_bench.methods import Fitted, Method, Task, build_method
 from gfss_bench.models.families import SegmenterLoader, as_loaded
+from gfss_bench.models.segmenter import input_contract_of
 from gfss_bench.progress import progress_bar
 from gfss_bench.protocols import Benchmark, EvaluationSettings, get_benchmark, get_protocol
 from gfss_bench.results.describe import self_description
@@ -178,7 +179,8 @@ def _load_evaluation_data(spec: RunSpec, device: torch.device, segmenter_loader:
     candidates = query_candidates(benchmark, pixel_counts)
     if spec.feature_cache and features.cache_dir is None:
         raise GFSSError("this run spec uses the on-disk feature cache: pass --feature-cache DIR")
-    segmenter.input_contract.padded_side(settings.image_size, f"segmenter {loaded.label or spec.segmenter}")
+    contract = input_contract_of(segmenter)
+    contract.padded_side(settings.image_size, f"segmenter {loaded.label or spec.segmenter}")
     needed = _feature_bytes(len(candidates), extractor.feature_shape())
     memory_fits = needed <= features.memory_limit_bytes()
     if spec.feature_cache or memory_fits:
@@ -188,8 +190,8 @@ def _load_evaluation_data(spec: RunSpec, device: torch.device, segmenter_loader:
                            "image_size": settings.image_size, "preprocessing": PREPROCESSING_VERSION,
                            "precision": spec.feature_precision,
                            "device": device.type}
-            if not segmenter.input_contract.is_imagenet:
-                description["normalisation"] = [list(segmenter.input_contract.mean), list(segmenter.input_contract.std)]
+            if not contract.is_imagenet:
+                description["normalisation"] = [list(contract.mean), list(contract.std)]
         queries = StoredFeatures(extractor, candidates, features.cache_dir if spec.feature_cache else None,
                                  description)
         _fill(queries, workers, spec, log)

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gfss_bench.data.transforms import preprocess
 from gfss_bench.errors import GFSSError
-from gfss_bench.models.segmenter import IMAGENET_CONTRACT, InputContract
+from gfss_bench.models.segmenter import IMAGENET_CONTRACT, InputContract, input_contract_of
 from gfss_bench.paths import atomic_write_text
 
 EXTRACTION_CHUNK = 16
@@ -91,7 +91,7 @@ class Extractor:
         """(float32 features [n, C, h, w] on the device, uint8 labels [n, S, S] on the CPU) per batch, in order."""
         if not batches:
             return
-        prepared = _PreparedBatches(self.split, batches, self.image_size, self.segmenter.input_contract)
+        prepared = _PreparedBatches(self.split, batches, self.image_size, input_contract_of(self.segmenter))
         loader = DataLoader(prepared, batch_size=None, shuffle=False,
                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
                             prefetch_factor=2 if self.workers else None)

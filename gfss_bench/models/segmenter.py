@@ -70,6 +70,11 @@ def cropped_side(side: int, padded: int, feature_side: int) -> int:
 IMAGENET_CONTRACT = InputContract()
 
 
+def input_contract_of(segmenter) -> InputContract:
+    """The segmenter's input contract; ImageNet's, any side, for duck-typed segmenters that state none."""
+    return getattr(segmenter, "input_contract", IMAGENET_CONTRACT)
+
+
 class Segmenter(nn.Module):
     """Base class: subclasses implement `extract_features` and own a 1x1 conv `classifier`."""
 
