@@ -270,7 +270,7 @@ def folder_source(family: str, folder: str, head: str) -> dict:
 class HuggingFaceFamily(SegmenterFamily):
     description = ("Hugging Face transformers semantic-segmentation folders written by save_pretrained (SegFormer, "
                    "UperNet, ...): DIR or DIR with fold<F>/ subfolders, optionally #head=NAME (default "
-                   "decode_head.classifier); pip install 'gfss-bench[hf]'")
+                   "decode_head.classifier); needs gfss-bench's `hf` extra")
 
     def resolve(self, reference: str, context: SegmenterContext) -> tuple[str, str]:
         return folder_segmenter_id(self.name, reference, context)
@@ -292,7 +292,7 @@ class HuggingFaceFamily(SegmenterFamily):
 class SMPFamily(SegmenterFamily):
     description = ("segmentation_models_pytorch folders written by smp's save_pretrained (DeepLabV3+, FPN, U-Net, "
                    "...): DIR or DIR with fold<F>/ subfolders; classifier: the last conv of segmentation_head; "
-                   "pip install 'gfss-bench[smp]'")
+                   "needs gfss-bench's `smp` extra")
 
     def resolve(self, reference: str, context: SegmenterContext) -> tuple[str, str]:
         if "#head=" in reference:

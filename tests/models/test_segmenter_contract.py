@@ -7,6 +7,7 @@ then loaded through its family and compared with the model's own head module and
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import pytest
 import torch
@@ -95,29 +96,68 @@ def _save_module(folder, outputs=OUTPUTS, seed=0):
     return model
 
 
-def _smp_logits(model, features_logits):
-    return torch.nn.Sequential(*list(model.segmentation_head)[1:])(features_logits)  # the head's own upsampling after its conv
+def _save_torchvision(folder, outputs=OUTPUTS, seed=0):
+    from torchvision.models import segmentation
+
+    torch.manual_seed(seed)
+    model = segmentation.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=outputs)
+    torch.save(model.eval().state_dict(), folder / "fold0.pth")
+    return model
 
 
-def _upernet_logits(model, features_logits, side):
-    return F.interpolate(features_logits, size=(side, side), mode="bilinear", align_corners=False)
+def _builtin(folder):
+    from gfss_bench.models import builtin_segmenter
+
+    return builtin_segmenter(BENCHMARK, FOLD, "standard", progress=False)  # the shipped weights the family loads
 
 
-# name -> (saver, reference given the folder, logits of the model's forward from logits at feature resolution)
+def _upsampled(side, align_corners):
+    return lambda model, logits: F.interpolate(logits, size=(side, side), mode="bilinear",
+                                               align_corners=align_corners)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """How one kind of model is saved, referenced and run: `head` names the classifier module of the saved model,
+    `logits` is the model's own forward, `after_head` what that forward does to the head's output."""
+
+    save: Callable
+    reference: Callable
+    head: str
+    side: int  # an input side the model takes as it is
+    logits: Callable = lambda model, images: model(images)
+    after_head: Callable = lambda model, head_logits: head_logits
+
+
+def _smp_after_head(model, head_logits):
+    return torch.nn.Sequential(*list(model.segmentation_head)[1:])(head_logits)  # the head's own upsampling
+
+
 CASES = {
-    "hf-segformer": (lambda d: _save_hf(d, "segformer"), lambda d: f"hf:{d}",
-                     lambda m, x: m(pixel_values=x).logits, lambda m, z, s: z),
-    "hf-upernet": (lambda d: _save_hf(d, "upernet"), lambda d: f"hf:{d}",
-                   lambda m, x: m(pixel_values=x).logits, _upernet_logits),
-    "smp-deeplabv3plus": (lambda d: _save_smp(d, "DeepLabV3Plus", decoder_channels=16), lambda d: f"smp:{d}",
-                          lambda m, x: m(x), lambda m, z, s: _smp_logits(m, z)),
-    "smp-fpn": (lambda d: _save_smp(d, "FPN", decoder_pyramid_channels=16, decoder_segmentation_channels=32),
-                lambda d: f"smp:{d}", lambda m, x: m(x), lambda m, z, s: _smp_logits(m, z)),
-    "smp-unet": (lambda d: _save_smp(d, "Unet", decoder_channels=(16, 8, 8, 8, 8)), lambda d: f"smp:{d}",
-                 lambda m, x: m(x), lambda m, z, s: _smp_logits(m, z)),
-    "module-linear": (_save_module, lambda d: f"module:{d / 'net.py'}:build={d / 'net.pt'}#head",
-                      lambda m, x: m(x), lambda m, z, s: z),
+    "builtin": Case(_builtin, lambda d: "builtin", "classifier", 97),
+    "pspnet": Case(lambda d: _save_pspnet(d / "fold0.pth"), lambda d: f"pspnet:{d}", "classifier", 65),
+    "torchvision": Case(_save_torchvision, lambda d: f"torchvision:deeplabv3_mobilenet_v3_large={d}",
+                        "classifier.4", 65, lambda m, x: m(x)["out"], _upsampled(65, False)),
+    "hf-segformer": Case(lambda d: _save_hf(d, "segformer"), lambda d: f"hf:{d}", "decode_head.classifier", 33,
+                         lambda m, x: m(pixel_values=x).logits),
+    "hf-upernet": Case(lambda d: _save_hf(d, "upernet"), lambda d: f"hf:{d}", "decode_head.classifier", 64,
+                       lambda m, x: m(pixel_values=x).logits, _upsampled(64, False)),
+    "smp-deeplabv3plus": Case(lambda d: _save_smp(d, "DeepLabV3Plus", decoder_channels=16), lambda d: f"smp:{d}",
+                              "segmentation_head.0", 64, after_head=_smp_after_head),
+    "smp-fpn": Case(lambda d: _save_smp(d, "FPN", decoder_pyramid_channels=16, decoder_segmentation_channels=32),
+                    lambda d: f"smp:{d}", "segmentation_head.0", 64, after_head=_smp_after_head),
+    "smp-unet": Case(lambda d: _save_smp(d, "Unet", decoder_channels=(16, 8, 8, 8, 8)), lambda d: f"smp:{d}",
+                     "segmentation_head.0", 33, after_head=_smp_after_head),
+    "module-linear": Case(_save_module, lambda d: f"module:{d / 'net.py'}:build={d / 'net.pt'}#head", "head", 64,
+                          lambda m, x: m(x)),
 }
+
+
+SLOW_CASES = {"pspnet"}  # a 94 MB ResNet-50 file; tests/models/test_pspnet_checkpoints.py covers it by default
+
+
+def test_every_registered_family_has_a_case():
+    assert {name.split("-")[0] for name in CASES} == set(SEGMENTER_FAMILIES.names())
 
 
 @pytest.fixture(scope="module")
@@ -128,38 +168,38 @@ def saved(tmp_path_factory):
     def get(name):
         if name not in made:
             folder = tmp_path_factory.mktemp(name)
-            save, reference, _, _ = CASES[name]
-            made[name] = reference(folder), save(folder)
+            made[name] = CASES[name].reference(folder), CASES[name].save(folder)
         return made[name]
 
     return get
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_CASES else name
+                                  for name in sorted(CASES)])
 def test_classifier_over_features_equals_the_models_head_and_logits(saved, name):
+    case = CASES[name]
     reference, model = saved(name)
     segmenter = build_segmenter(reference, benchmark=BENCHMARK, fold=FOLD, device="cpu")
-    assert isinstance(segmenter, HeadSegmenter) and segmenter.num_outputs == OUTPUTS
+    assert segmenter.num_outputs == OUTPUTS
     assert not any(module.training for module in segmenter.modules())
     assert all(p.device.type == "cpu" for p in segmenter.parameters())
-    side = 64  # a side every model here takes as it is
-    images = _images(side)
+    images = _images(case.side)
+    head_module = model.get_submodule(case.head)
     head_outputs = []
-    handle = model.get_submodule(segmenter.head_name).register_forward_hook(
-        lambda module, inputs, output: head_outputs.append(output))
+    handle = head_module.register_forward_hook(lambda module, inputs, output: head_outputs.append(output))
     with torch.no_grad():
-        own_logits = CASES[name][2](model, images)
+        own_logits = case.logits(model, images)
         weight, bias = segmenter.classifier_weight_and_bias()
         features = segmenter.extract_features(images)
         linear = torch.einsum("nchw,ck->nkhw", features, weight) + bias.view(1, -1, 1, 1)
         again = segmenter.extract_features(images)
     handle.remove()
     head = head_outputs[0]
-    if isinstance(segmenter.head, torch.nn.Linear):  # channels last
+    if isinstance(head_module, torch.nn.Linear):  # channels last
         head = head.permute(0, 3, 1, 2)
     assert weight.shape == (segmenter.num_features, OUTPUTS) and features.shape[1] == segmenter.num_features
     assert (linear - head).abs().max().item() < 1e-4
-    assert (CASES[name][3](model, linear, side) - own_logits).abs().max().item() < 1e-4
+    assert (case.after_head(model, linear) - own_logits).abs().max().item() < 1e-4
     assert torch.equal(features, again)
 
 
@@ -206,8 +246,8 @@ def test_the_segmenter_id_follows_the_weights_not_the_folder_name(saved, tmp_pat
     first, _ = family.resolve(reference.split(":", 1)[1], CONTEXT)
     copy = tmp_path / "copy"
     copy.mkdir()
-    CASES[name][0](copy)  # the same weights (same seed) in another folder
-    same, _ = family.resolve(CASES[name][1](copy).split(":", 1)[1], CONTEXT)
+    CASES[name].save(copy)  # the same weights (same seed) in another folder
+    same, _ = family.resolve(CASES[name].reference(copy).split(":", 1)[1], CONTEXT)
     changed_folder = tmp_path / "changed"
     changed_folder.mkdir()
     saver = {"hf-segformer": lambda d: _save_hf(d, "segformer", seed=5),
@@ -215,7 +255,7 @@ def test_the_segmenter_id_follows_the_weights_not_the_folder_name(saved, tmp_pat
                                             decoder_segmentation_channels=32),
              "module-linear": lambda d: _save_module(d, seed=5)}[name]
     saver(changed_folder)
-    changed, _ = family.resolve(CASES[name][1](changed_folder).split(":", 1)[1], CONTEXT)
+    changed, _ = family.resolve(CASES[name].reference(changed_folder).split(":", 1)[1], CONTEXT)
     assert first == same and changed != first
 
 
