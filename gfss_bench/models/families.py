@@ -321,8 +321,8 @@ class ModuleFamily(SegmenterFamily):
         for path in files:
             if not path.is_file():
                 raise GFSSError(f"--segmenter module: {path} does not exist")
-        digest = "".join(file_sha256(path) for path in files)
-        return f"{self.name}:{hashlib.sha256(digest.encode()).hexdigest()[:16]}#{parsed.head}", parsed.text()
+        parts = [file_sha256(path) for path in files] + [parsed.function, parsed.head]
+        return f"{self.name}:{hashlib.sha256(' '.join(parts).encode()).hexdigest()[:16]}", parsed.text()
 
     def label(self, reference: str) -> str:
         from gfss_bench.models.module_segmenters import ModuleReference

@@ -15,6 +15,8 @@ a black pixel, as the protocol's padding, and the features are cropped back to t
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,8 +58,13 @@ class HeadSegmenter(Segmenter):
                  input_contract: InputContract = IMAGENET_CONTRACT):
         super().__init__()
         self.model, self.head_name, self.name = model, head_name, name
-        self.head = find_head(model, head_name, name)
+        find_head(model, head_name, name)
         self.input_contract = input_contract
+
+    @property
+    def head(self) -> nn.Module:
+        """The classifier module (looked up, not registered twice, so the state dict holds it once)."""
+        return self.model.get_submodule(self.head_name)
 
     @property
     def kernel(self) -> tuple[int, int]:
@@ -99,8 +106,8 @@ class HeadSegmenter(Segmenter):
     def _channels_first(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.head, nn.Conv2d):
             return x
-        if x.dim() == 3 and int(x.shape[1] ** 0.5) ** 2 == x.shape[1]:  # tokens of a square map
-            side = int(x.shape[1] ** 0.5)
+        side = math.isqrt(x.shape[1]) if x.dim() == 3 else 0
+        if x.dim() == 3 and side * side == x.shape[1]:  # tokens of a square map
             return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)
         if x.dim() == 4:
             return x.permute(0, 3, 1, 2)
@@ -132,8 +139,8 @@ class HeadSegmenter(Segmenter):
     def _unfold(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> [B, C*k*k, h, w]: each output pixel's neighbourhood as the head's conv sees it."""
         head = self.head
-        height = (x.shape[2] + 2 * head.padding[0] - head.dilation[0] * (head.kernel_size[0] - 1) - 1) + 1
-        width = (x.shape[3] + 2 * head.padding[1] - head.dilation[1] * (head.kernel_size[1] - 1) - 1) + 1
+        height = x.shape[2] + 2 * head.padding[0] - head.dilation[0] * (head.kernel_size[0] - 1)  # stride 1
+        width = x.shape[3] + 2 * head.padding[1] - head.dilation[1] * (head.kernel_size[1] - 1)
         columns = F.unfold(x, head.kernel_size, dilation=head.dilation, padding=head.padding)
         return columns.reshape(x.shape[0], -1, height, width)
 
