@@ -153,9 +153,6 @@ CASES = {
 }
 
 
-SLOW_CASES = {"pspnet"}  # a 94 MB ResNet-50 file; tests/models/test_pspnet_checkpoints.py covers it by default
-
-
 def test_every_registered_family_has_a_case():
     assert {name.split("-")[0] for name in CASES} == set(SEGMENTER_FAMILIES.names())
 
@@ -174,8 +171,7 @@ def saved(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_CASES else name
-                                  for name in sorted(CASES)])
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_classifier_over_features_equals_the_models_head_and_logits(saved, name):
     case = CASES[name]
     reference, model = saved(name)
