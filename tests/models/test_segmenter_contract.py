@@ -291,3 +291,18 @@ def test_bcm_refuses_negative_features_unless_beta_is_one():
         build_method("bcm").fit(shifted)
     check_non_negative(shifted.support_features, 1.0, shifted.segmenter)  # beta = 1: the raw features are fine
     check_non_negative(task.support_features, 0.5, task.segmenter)  # post-ReLU features pass
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["hf-segformer", "smp-unet", "module-linear"])
+def test_the_segmenter_is_built_on_the_runs_device(saved, name):
+    reference, _ = saved(name)
+    segmenter = build_segmenter(reference, benchmark=BENCHMARK, fold=FOLD, device="cuda")
+    on_cpu = build_segmenter(reference, benchmark=BENCHMARK, fold=FOLD, device="cpu")
+    assert all(p.device.type == "cuda" for p in segmenter.parameters()) and not segmenter.training
+    images = _images(CASES[name].side)
+    with torch.no_grad():
+        gpu = segmenter.extract_features(images.cuda())
+        cpu = on_cpu.extract_features(images)
+    scale = max(1.0, cpu.abs().max().item())  # cuDNN may use TF32 convolutions
+    assert gpu.device.type == "cuda" and (gpu.cpu() - cpu).abs().max().item() < 1e-2 * scale
