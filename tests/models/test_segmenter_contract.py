@@ -171,7 +171,8 @@ def saved(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name == "pspnet" else name
+                                  for name in sorted(CASES)])  # pspnet: a 94 MB ResNet-50 file, 1-10 s
 def test_classifier_over_features_equals_the_models_head_and_logits(saved, name):
     case = CASES[name]
     reference, model = saved(name)
