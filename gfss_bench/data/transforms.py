@@ -37,28 +37,28 @@ def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
     return max(8, new_h // 8 * 8), max(8, new_w // 8 * 8)
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
+def normalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """Pixel values 0..255, channels last [..., H, W, 3] (uint8 or float32) -> contiguous float32 [..., 3, H, W]:
-    divided by 255, then (x - mean) / std per channel, in float32. On the CPU this is bit for bit the official
+    divided by 255, then (x - mean) / std per channel, in float32 (ImageNet's unless the segmenter states others). On the CPU this is bit for bit the official
     per-channel steps (on CUDA a division by a Python number is a multiplication by its reciprocal)."""
     channels_first = images.movedim(-1, -3)
     out = torch.empty(channels_first.shape, dtype=torch.float32, device=images.device).copy_(channels_first)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=images.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    mean = torch.tensor(mean, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32, device=images.device).view(3, 1, 1)
     return out.div_(255.0).sub_(mean).div_(std)  # in place on a contiguous copy: about 2x faster
 
 
-def preprocess(image: np.ndarray, label: Optional[np.ndarray], size: int
+def preprocess(image: np.ndarray, label: Optional[np.ndarray], size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD
                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """uint8 RGB [H, W, 3] and uint8 [H, W] label (or None) -> (normalised float32 [3, size, size],
-    int64 [size, size] label padded with 255, or None)."""
+    """uint8 RGB [H, W, 3] and uint8 [H, W] label (or None) -> (float32 [3, size, size] normalised with `mean`
+    and `std`, int64 [size, size] label padded with 255, or None)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 [H, W, 3] image, got {image.dtype} {image.shape}")
     height, width = image.shape[:2]
     new_h, new_w = resized_shape(height, width, size)
     canvas = np.zeros((size, size, 3), dtype=np.float32)
     canvas[:new_h, :new_w] = cv2.resize(image.astype(np.float32), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    out_image = normalize(torch.from_numpy(canvas))
+    out_image = normalize(torch.from_numpy(canvas), mean, std)
     if label is None:
         return out_image, None
     if label.shape != (height, width):

@@ -37,6 +37,7 @@ from gfss_bench.data.transforms import PREPROCESSING_VERSION
 from gfss_bench.errors import GFSSError
 from gfss_bench.methods import Fitted, Method, Task, build_method
 from gfss_bench.models.families import SegmenterLoader, as_loaded
+from gfss_bench.models.segmenter import input_contract_of
 from gfss_bench.progress import progress_bar
 from gfss_bench.protocols import Benchmark, EvaluationSettings, get_benchmark, get_protocol
 from gfss_bench.results.describe import self_description
@@ -151,10 +152,9 @@ def list_episodes(benchmark: Benchmark, folds: Iterable[int], shots: Iterable[in
     return documents
 
 
-def _feature_bytes(num_images: int, num_channels: int, image_size: int) -> int:
-    """float32 bytes of `num_images` feature maps at output stride 8."""
-    side = (image_size - 1) // 8 + 1
-    return num_images * num_channels * side * side * 4
+def _feature_bytes(num_images: int, feature_shape: tuple[int, ...]) -> int:
+    """float32 bytes of `num_images` feature maps of one image's measured shape (C, h, w)."""
+    return num_images * int(np.prod(feature_shape)) * 4
 
 
 def _load_evaluation_data(spec: RunSpec, device: torch.device, segmenter_loader: Callable,
@@ -179,7 +179,9 @@ def _load_evaluation_data(spec: RunSpec, device: torch.device, segmenter_loader:
     candidates = query_candidates(benchmark, pixel_counts)
     if spec.feature_cache and features.cache_dir is None:
         raise GFSSError("this run spec uses the on-disk feature cache: pass --feature-cache DIR")
-    needed = _feature_bytes(len(candidates), weight.shape[0], settings.image_size)
+    contract = input_contract_of(segmenter)
+    contract.padded_side(settings.image_size, f"segmenter {loaded.label or spec.segmenter}")
+    needed = _feature_bytes(len(candidates), extractor.feature_shape())
     memory_fits = needed <= features.memory_limit_bytes()
     if spec.feature_cache or memory_fits:
         description = None
@@ -188,6 +190,8 @@ def _load_evaluation_data(spec: RunSpec, device: torch.device, segmenter_loader:
                            "image_size": settings.image_size, "preprocessing": PREPROCESSING_VERSION,
                            "precision": spec.feature_precision,
                            "device": device.type}
+            if not contract.is_imagenet:
+                description["normalisation"] = [list(contract.mean), list(contract.std)]
         queries = StoredFeatures(extractor, candidates, features.cache_dir if spec.feature_cache else None,
                                  description)
         _fill(queries, workers, spec, log)
@@ -259,7 +263,7 @@ def _support_task(data: EvaluationData, spec: RunSpec, episode: Episode, device:
                 support_labels=labels.reshape(n, k, *labels.shape[1:]).to(device),
                 query_features=features.new_zeros((0, channels, *features.shape[2:])),
                 query_valid=torch.zeros((0, *labels.shape[1:]), dtype=torch.bool, device=device),
-                query_labels=None, seed=episode.seed)
+                query_labels=None, seed=episode.seed, segmenter=data.segmenter_label or spec.segmenter)
 
 
 def query_seeds(run_seed: int, val_indices: Iterable[int]) -> torch.Tensor:

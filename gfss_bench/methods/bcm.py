@@ -55,7 +55,8 @@ Degenerate cases (documented choices, not in the paper):
   C_grid[(len - 1) // 2] is used; a training fold holding a single class (e.g. a binary model with a
   one-pixel class; LogisticRegression raises) is left out of the average;
 - features are raised to `beta` as sign(x) * |x|**beta, which is x**beta for the post-ReLU
-  (non-negative) features BCM assumes.
+  (non-negative) features BCM assumes; support features with negative values stop the fit with one line
+  (`check_non_negative`) unless beta = 1.
 
 Only `top_k` = 1 (the official setting) and `solver` = "sklearn" are implemented (no torch solver:
 none has been shown to reach scikit-learn's objective and predictions). scikit-learn runs on the CPU
@@ -86,6 +87,14 @@ def power_features(x: torch.Tensor, beta: float) -> torch.Tensor:
     if beta == 1:
         return x
     return torch.sign(x) * x.abs().pow(beta)
+
+
+def check_non_negative(features: torch.Tensor, beta: float, segmenter: str) -> None:
+    """BCM's x**beta is meant for post-ReLU features; on negative ones it is not the published transform."""
+    if beta != 1 and features.numel() and float(features.min()) < 0:
+        raise GFSSError(f"bcm: the features of segmenter {segmenter or '(unnamed)'} have negative values, but "
+                        f"x**beta (beta={beta:g}) needs non-negative ones; pass -o bcm.beta=1 to fit on the raw "
+                        "features")
 
 
 def mapping_table(task: Task) -> dict[int, tuple[int, ...]]:
@@ -272,6 +281,7 @@ class BCM(Method):
         n, k_shots, c, h, w = task.support_features.shape
         table = mapping_table(task)
         small = downsample_nearest(task.support_labels, (h, w)).cpu()  # [N, K, h, w]
+        check_non_negative(task.support_features, self.beta, task.segmenter)
         feats = power_features(task.support_features.detach().float().cpu(), self.beta)
         x_all = feats.permute(0, 1, 3, 4, 2).reshape(-1, c).double().numpy()  # pixel order: (n, shot, y, x)
         labels = small.reshape(-1).numpy()

@@ -39,6 +39,7 @@ class Task:
     # run's seed and the query image's index in the val list, so draws do not depend on batching or query order.
     # None: query i of the task uses seed + i. (torch's CPU generator reads only the low 32 bits of a seed.)
     query_seeds: Optional[torch.Tensor] = None
+    segmenter: str = ""  # the base segmenter's name (`SegmenterFamily.label`), for methods' messages
 
     @property
     def num_base_and_bg(self) -> int:

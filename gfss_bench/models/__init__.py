@@ -3,7 +3,8 @@
 from gfss_bench.models.segmenter import Segmenter
 from gfss_bench.models.small_pspnet import SmallPSPNet, SmallPSPNetConfig, build_small_pspnet
 
-__all__ = ["Segmenter", "SmallPSPNet", "SmallPSPNetConfig", "build_small_pspnet", "builtin_segmenter", "load_segmenter"]
+__all__ = ["Segmenter", "SmallPSPNet", "SmallPSPNetConfig", "build_small_pspnet", "build_segmenter", "builtin_segmenter",
+           "load_segmenter"]
 
 
 def builtin_segmenter(benchmark_name: str, fold: int, protocol_name: str, device="cpu", progress: bool = True):
@@ -19,3 +20,11 @@ def load_segmenter(path, expected_outputs=None, device="cpu"):
     from gfss_bench.models.checkpoints import load_checkpoint_segmenter
 
     return load_checkpoint_segmenter(path, expected_outputs=expected_outputs, device=device)
+
+
+def build_segmenter(reference: str, benchmark: str, fold: int, device="cpu", protocol: str = "standard") -> Segmenter:
+    """The segmenter of a `--segmenter FAMILY:REF` reference for one benchmark fold, e.g. `hf:DIR`, `smp:DIR` or
+    `module:FILE.py:FUNCTION#HEAD` (see gfss_bench.models.families)."""
+    from gfss_bench.models.families import build_segmenter as _build
+
+    return _build(reference, benchmark, fold, device=device, protocol=protocol)

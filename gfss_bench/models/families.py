@@ -12,13 +12,16 @@ all the folds of that choice.
 
 Built in: `builtin` (the small networks shipped for the synthetic benchmarks; spec id `builtin`), `pspnet`
 (PSPNet-ResNet50 checkpoints of DIaM/BAM or `gfss-bench train` files; what `--checkpoint PATH` uses, spec id
-`checkpoint:<sha>`) and `torchvision` (torchvision's DeepLabV3/FCN models, `torchvision:ARCH=PATH`).
+`checkpoint:<sha>`), `torchvision` (torchvision's DeepLabV3/FCN models, `torchvision:ARCH=PATH`) and, for any
+existing model (gfss_bench.models.generic): `hf` (Hugging Face `transformers` folders), `smp`
+(segmentation_models_pytorch folders) and `module` (a model built by the user's own Python function).
 Plugins add families through the `gfss_bench.segmenters` entry-point group (see gfss_bench.plugins).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -238,3 +241,116 @@ class TorchvisionFamily(SegmenterFamily):
         return LoadedSegmenter(segmenter, {"family": self.name, "architecture": architecture,
                                            "path": str(Path(path).resolve()), "sha256": file_sha256(Path(path))})
 
+
+
+def split_head(reference: str) -> tuple[str, str]:
+    """`DIR#head=NAME` -> (DIR, NAME); (reference, '') without `#head=`."""
+    folder, separator, head = reference.partition("#head=")
+    return folder, head if separator else ""
+
+
+def folder_segmenter_id(family: str, reference: str, context: SegmenterContext) -> tuple[str, str]:
+    """(`family:<sha256 prefix of the fold folder's config and weight files>[#head=NAME]`, `folder[#head=NAME]`)."""
+    from gfss_bench.models.model_folders import fold_folder, folder_sha256
+
+    reference, head = split_head(reference)
+    folder = fold_folder(reference, context.fold, f"--segmenter {family}:")
+    suffix = f"#head={head}" if head else ""
+    return f"{family}:{folder_sha256(folder)[:16]}{suffix}", f"{folder}{suffix}"
+
+
+def folder_source(family: str, folder: str, head: str) -> dict:
+    from gfss_bench.models.model_folders import folder_sha256
+
+    return {"family": family, "path": str(Path(folder).resolve()), "sha256": folder_sha256(Path(folder)),
+            "head": head}
+
+
+@register_segmenter_family("hf")
+class HuggingFaceFamily(SegmenterFamily):
+    description = ("Hugging Face transformers semantic-segmentation folders written by save_pretrained (SegFormer, "
+                   "UperNet, ...): DIR or DIR with fold<F>/ subfolders, optionally #head=NAME (default "
+                   "decode_head.classifier); needs gfss-bench's `hf` extra")
+
+    def resolve(self, reference: str, context: SegmenterContext) -> tuple[str, str]:
+        return folder_segmenter_id(self.name, reference, context)
+
+    def label(self, reference: str) -> str:
+        folder, head = split_head(reference)
+        return f"{self.name}:{absolute_reference(folder)}" + (f"#head={head}" if head else "")
+
+    def build(self, reference: str, context: SegmenterContext) -> LoadedSegmenter:
+        from gfss_bench.models.hf_segmenters import load_hf_segmenter
+
+        folder, head = split_head(reference)
+        segmenter = load_hf_segmenter(Path(folder), head, device=context.device)
+        check_outputs(segmenter, context, f"{segmenter.name} (head {segmenter.head_name})")
+        return LoadedSegmenter(segmenter, folder_source(self.name, folder, segmenter.head_name))
+
+
+@register_segmenter_family("smp")
+class SMPFamily(SegmenterFamily):
+    description = ("segmentation_models_pytorch folders written by smp's save_pretrained (DeepLabV3+, FPN, U-Net, "
+                   "...): DIR or DIR with fold<F>/ subfolders; classifier: the last conv of segmentation_head; "
+                   "needs gfss-bench's `smp` extra")
+
+    def resolve(self, reference: str, context: SegmenterContext) -> tuple[str, str]:
+        if "#head=" in reference:
+            raise GFSSError("--segmenter smp: takes no #head= (the classifier is segmentation_head's last conv)")
+        return folder_segmenter_id(self.name, reference, context)
+
+    def build(self, reference: str, context: SegmenterContext) -> LoadedSegmenter:
+        from gfss_bench.models.smp_segmenters import load_smp_segmenter
+
+        segmenter = load_smp_segmenter(Path(reference), device=context.device)
+        check_outputs(segmenter, context, f"{segmenter.name} (head {segmenter.head_name})")
+        return LoadedSegmenter(segmenter, folder_source(self.name, reference, segmenter.head_name))
+
+
+@register_segmenter_family("module")
+class ModuleFamily(SegmenterFamily):
+    description = ("a model built by your own code: FILE.py:FUNCTION[=WEIGHTS]#HEAD, FUNCTION(num_outputs) returns "
+                   "the nn.Module, WEIGHTS a state dict, HEAD the dotted name of its last classifier")
+
+    def resolve(self, reference: str, context: SegmenterContext) -> tuple[str, str]:
+        from gfss_bench.models.checkpoints import file_sha256
+        from gfss_bench.models.module_segmenters import ModuleReference
+
+        parsed = ModuleReference.parse(reference)
+        files = [parsed.file] + ([parsed.weights] if parsed.weights else [])
+        for path in files:
+            if not path.is_file():
+                raise GFSSError(f"--segmenter module: {path} does not exist")
+        parts = [file_sha256(path) for path in files] + [parsed.function, parsed.head]
+        return f"{self.name}:{hashlib.sha256(' '.join(parts).encode()).hexdigest()[:16]}", parsed.text()
+
+    def label(self, reference: str) -> str:
+        from gfss_bench.models.module_segmenters import ModuleReference
+
+        try:
+            return f"{self.name}:{ModuleReference.parse(reference).text()}"
+        except GFSSError:
+            return f"{self.name}:{reference}"
+
+    def build(self, reference: str, context: SegmenterContext) -> LoadedSegmenter:
+        from gfss_bench.models.checkpoints import file_sha256
+        from gfss_bench.models.module_segmenters import ModuleReference, load_module_segmenter
+
+        parsed = ModuleReference.parse(reference)
+        segmenter = load_module_segmenter(parsed, context.num_outputs, device=context.device)
+        check_outputs(segmenter, context, f"{segmenter.name} (head {parsed.head})")
+        source = {"family": self.name, "file": str(parsed.file.resolve()), "file_sha256": file_sha256(parsed.file),
+                  "function": parsed.function, "head": parsed.head}
+        if parsed.weights:
+            source.update(weights=str(parsed.weights.resolve()), sha256=file_sha256(parsed.weights))
+        return LoadedSegmenter(segmenter, source)
+
+
+def build_segmenter(reference: str, benchmark: str, fold: int, device="cpu", protocol: str = "standard") -> Segmenter:
+    """The segmenter `--segmenter reference` gives for one benchmark fold (eval mode, on `device`), e.g.
+    `build_segmenter("hf:DIR", benchmark="synthetic5i", fold=0)`."""
+    family, rest = parse_segmenter(reference)
+    context = SegmenterContext(get_benchmark(benchmark), fold, protocol, torch.device(device))
+    family_object = SEGMENTER_FAMILIES.get(family)
+    _, resolved = family_object.resolve(rest, context)
+    return as_loaded(family_object.build(resolved, context)).segmenter

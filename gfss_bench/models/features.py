@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gfss_bench.data.transforms import preprocess
 from gfss_bench.errors import GFSSError
+from gfss_bench.models.segmenter import IMAGENET_CONTRACT, InputContract, input_contract_of
 from gfss_bench.paths import atomic_write_text
 
 EXTRACTION_CHUNK = 16
@@ -61,14 +62,16 @@ class _PreparedBatches(Dataset):
     """Item b: the images of batches[b] preprocessed (float32 [n, 3, S, S]) and their labels (uint8 [n, S, S],
     original class ids, 255 padding). One item is one batch so that workers keep batch composition fixed."""
 
-    def __init__(self, split, batches: Sequence[Sequence[int]], image_size: int):
+    def __init__(self, split, batches: Sequence[Sequence[int]], image_size: int,
+                 contract: InputContract = IMAGENET_CONTRACT):
         self.split, self.batches, self.image_size = split, [list(b) for b in batches], image_size
+        self.mean, self.std = contract.mean, contract.std
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [preprocess(*self.split.load(i), self.image_size) for i in self.batches[position]]
+        pairs = [preprocess(*self.split.load(i), self.image_size, self.mean, self.std) for i in self.batches[position]]
         return (torch.stack([image for image, _ in pairs]),
                 torch.stack([label for _, label in pairs]).to(torch.uint8))  # ids 0..255: uint8 is exact
 
@@ -88,7 +91,8 @@ class Extractor:
         """(float32 features [n, C, h, w] on the device, uint8 labels [n, S, S] on the CPU) per batch, in order."""
         if not batches:
             return
-        loader = DataLoader(_PreparedBatches(self.split, batches, self.image_size), batch_size=None, shuffle=False,
+        prepared = _PreparedBatches(self.split, batches, self.image_size, input_contract_of(self.segmenter))
+        loader = DataLoader(prepared, batch_size=None, shuffle=False,
                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
                             prefetch_factor=2 if self.workers else None)
         dtype = PRECISIONS[self.precision]
@@ -97,6 +101,12 @@ class Extractor:
             with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 features = self.segmenter.extract_features(images)
             yield features.float(), labels
+
+    @torch.no_grad()
+    def feature_shape(self) -> tuple[int, ...]:
+        """(C, h, w) of one image's features, measured on a blank input of the evaluation size."""
+        images = torch.zeros(1, 3, self.image_size, self.image_size, device=self.device)
+        return tuple(self.segmenter.extract_features(images).shape[1:])
 
 
 def chunked(indices: Sequence[int], size: int) -> list[list[int]]:

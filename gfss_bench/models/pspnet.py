@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gfss_bench.errors import GFSSError
-from gfss_bench.models.segmenter import Segmenter
+from gfss_bench.models.segmenter import InputContract, Segmenter
 
 PPM_BINS = (1, 2, 3, 6)
 FEATURE_CHANNELS = 512
@@ -113,6 +113,7 @@ class PSPNetResNet50(Segmenter):
     """PSPNet on a dilated ResNet-50 (output stride 8, deep or 7x7 stem) with a 1x1 classifier over B+1 classes."""
 
     architecture = "PSPNet-ResNet50"
+    input_contract = InputContract(size_step=OUTPUT_STRIDE, size_offset=1, pads=False)  # (S-1) % 8 == 0
 
     def __init__(self, num_outputs: int, dropout: float = 0.1, stem: str = "deep"):
         super().__init__()

@@ -6,6 +6,10 @@ classes, computed by a 1x1 classifier on top of post-ReLU features:
     logits = classifier(extract_features(images))
 
 GFSS methods only see the features and the classifier's weight and bias.
+
+Each segmenter also states its input contract (`InputContract`): the normalisation its images need and the input
+sides it takes. The evaluation's resizing and padding stay the protocol's; a segmenter that needs other sides pads
+its input and crops its features itself (see gfss_bench.models.generic).
 """
 
 from __future__ import annotations
@@ -16,11 +20,66 @@ from typing import Optional
 import torch
 from torch import nn
 
+from gfss_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from gfss_bench.errors import GFSSError
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """What a segmenter expects of its input images.
+
+    `mean`/`std`: the per-channel normalisation after dividing pixel values by 255. Sides S with
+    (S - size_offset) % size_step == 0 are taken as they are; other sides are padded up to the next such side when
+    `pads` (the features are then cropped back, see `cropped_side`), else refused."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    size_step: int = 1
+    size_offset: int = 0
+    pads: bool = True
+
+    def accepts(self, side: int) -> bool:
+        return (side - self.size_offset) % self.size_step == 0
+
+    def describe_sizes(self) -> str:
+        if self.size_step == 1:
+            return "any side"
+        if self.size_offset:
+            return f"sides with (S-{self.size_offset}) % {self.size_step} == 0"
+        return f"sides that are multiples of {self.size_step}"
+
+    def padded_side(self, side: int, who: str = "this segmenter") -> int:
+        """The side the model runs at for input side `side`; a GFSSError naming `who` when it is refused."""
+        if self.accepts(side):
+            return side
+        if not self.pads:
+            raise GFSSError(f"{who} takes {self.describe_sizes()}, not {side}; choose an --image-size it takes")
+        return side + (self.size_offset - side) % self.size_step
+
+    @property
+    def is_imagenet(self) -> bool:
+        return tuple(self.mean) == tuple(IMAGENET_MEAN) and tuple(self.std) == tuple(IMAGENET_STD)
+
+
+def cropped_side(side: int, padded: int, feature_side: int) -> int:
+    """Features kept for input side `side` run padded to `padded`: the ceil(side / stride) first ones, the stride
+    being padded / feature_side; feature i then sits at pixel stride * i as for unpadded inputs."""
+    return -(-side * feature_side // padded)
+
+
+IMAGENET_CONTRACT = InputContract()
+
+
+def input_contract_of(segmenter) -> InputContract:
+    """The segmenter's input contract; ImageNet's, any side, for duck-typed segmenters that state none."""
+    return getattr(segmenter, "input_contract", IMAGENET_CONTRACT)
+
 
 class Segmenter(nn.Module):
     """Base class: subclasses implement `extract_features` and own a 1x1 conv `classifier`."""
 
     classifier: nn.Conv2d
+    input_contract: InputContract = IMAGENET_CONTRACT  # ImageNet normalisation, any side
 
     @property
     def num_features(self) -> int:

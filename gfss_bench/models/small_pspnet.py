@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gfss_bench.models.segmenter import Segmenter
+from gfss_bench.models.segmenter import InputContract, Segmenter
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,8 @@ class PyramidPooling(nn.Module):
 
 
 class SmallPSPNet(Segmenter):
+    input_contract = InputContract(size_step=8, size_offset=1, pads=False)  # (S-1) % 8 == 0: 97 -> 13x13
+
     def __init__(self, config: SmallPSPNetConfig):
         super().__init__()
         self.config = config
