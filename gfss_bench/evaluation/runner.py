@@ -27,7 +27,7 @@ import torch
 from gfss_bench.evaluation.distributed import SINGLE_PROCESS, Workers
 from gfss_bench.evaluation.spec import RunSpec, resolve_device
 from gfss_bench.data.episodes import (
-    FILE_PREFIX, Episode, EpisodeFile, episodes_document, make_episodes, query_candidates)
+    FILE_PREFIX, Episode, EpisodeFile, episodes_document, make_episodes, query_candidates, queries_digest)
 from gfss_bench.models.features import (
     EXTRACTION_CHUNK, Extractor, FeatureConfig, StoredFeatures, StreamedFeatures, chunked,
     segmenter_fingerprint)
@@ -99,7 +99,7 @@ class EvaluationData:
                     raise GFSSError(f"this run spec uses the support sets of an episode file ({spec.episodes}): "
                                     "pass that file with --episodes FILE")
                 made = self.episode_file.make_episodes(self.benchmark, spec.fold, spec.shot, spec.runs, spec.seed,
-                                                       self.pixel_counts, spec.evaluation, names,
+                                                       self.pixel_counts, spec.evaluation, names, self.names,
                                                        self.support_pixel_counts)
             else:
                 made = make_episodes(self.benchmark, spec.fold, spec.shot, spec.runs, spec.seed, self.pixel_counts,
@@ -138,7 +138,7 @@ def list_episodes(benchmark: Benchmark, folds: Iterable[int], shots: Iterable[in
                   skip_bad_images: bool = False, log: Callable[[str], None] = lambda message: None) -> list[dict]:
     """The support sets `run` would use, without any model: one `episodes_document` per (fold, shot)."""
     split, pixel_counts, _ = _open_checked_split(benchmark, "val", data_root, skip_bad_images, log)
-    support_counts, names = None, split.names
+    support_counts, names, query_names = None, split.names, list(split.names)
     if settings.support_source == "train":
         support_split, support_counts, _ = _open_checked_split(benchmark, "train", data_root, skip_bad_images, log)
         names = support_split.names
@@ -147,7 +147,8 @@ def list_episodes(benchmark: Benchmark, folds: Iterable[int], shots: Iterable[in
         for shot in shots:
             made = make_episodes(benchmark, fold, shot, runs, seed, pixel_counts, settings, support_counts, episodes,
                                  names)
-            documents.append(episodes_document(benchmark, fold, shot, seed, episodes, made, names))
+            documents.append(episodes_document(benchmark, fold, shot, seed, episodes, made, names, query_names,
+                                               settings.max_queries is not None))
     return documents
 
 
@@ -449,7 +450,7 @@ def _resumable_runs(store: ResultStore, spec: RunSpec, data: EvaluationData, log
             index = run.get("run")
             episode = data.episodes(spec)[index] if isinstance(index, int) and 0 <= index < spec.runs else None
             ok = ok and episode is not None and (run.get("seed") == episode.seed
-                                                 and run.get("num_queries") == len(episode.queries)
+                                                 and all(run.get(k) == v for k, v in query_record(data, episode).items())
                                                  and run.get("support_images") == data.support_names(episode))
         ok = ok and [run["run"] for run in runs] == list(range(len(runs)))
     if not ok:
@@ -458,6 +459,13 @@ def _resumable_runs(store: ResultStore, spec: RunSpec, data: EvaluationData, log
     log(f"resuming {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot at run {len(runs)} "
         f"({len(runs)} of {spec.runs} runs checkpointed)")
     return runs
+
+
+def query_record(data: EvaluationData, episode: Episode) -> dict:
+    """What a run's result records of its queries: their number, how many are distinct and the digest of their
+    multiset (`queries_digest`), so two results can be checked to score the same images."""
+    return {"num_queries": len(episode.queries), "distinct_queries": len(set(episode.queries)),
+            "queries_digest": queries_digest([data.names[i] for i in episode.queries])}
 
 
 def _evaluate_group(group: list[RunSpec], data: EvaluationData, device: torch.device, batch_size: int,
@@ -486,7 +494,7 @@ def _evaluate_group(group: list[RunSpec], data: EvaluationData, device: torch.de
             for state, confusion in zip(members, confusions):
                 spec = state.spec
                 state.runs.append({
-                    "run": episode.run, "seed": episode.seed, "num_queries": len(episode.queries),
+                    "run": episode.run, "seed": episode.seed, **query_record(data, episode),
                     "support_images": data.support_names(episode), "confusion": confusion.tolist(),
                     "scores": scores(confusion.numpy(), len(benchmark.base_classes(spec.fold)),
                                      spec.convention).as_dict(),
