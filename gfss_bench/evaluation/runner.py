@@ -260,7 +260,7 @@ def _support_task(data: EvaluationData, spec: RunSpec, episode: Episode, device:
                 support_labels=labels.reshape(n, k, *labels.shape[1:]).to(device),
                 query_features=features.new_zeros((0, channels, *features.shape[2:])),
                 query_valid=torch.zeros((0, *labels.shape[1:]), dtype=torch.bool, device=device),
-                query_labels=None, seed=episode.seed)
+                query_labels=None, seed=episode.seed, evaluation_seed=spec.seed)
 
 
 def query_seeds(run_seed: int, val_indices: Iterable[int]) -> torch.Tensor:
@@ -437,13 +437,19 @@ def _episode_file(specs: list[RunSpec], path: Optional[Path]) -> Optional[Episod
 
 
 def _resumable_runs(store: ResultStore, spec: RunSpec, data: EvaluationData, log: Callable[[str], None]
-                    ) -> list[dict]:
-    """The completed runs of an interrupted evaluation of `spec`, when its checkpoint matches exactly."""
+                    ) -> tuple[list[dict], Any]:
+    """The completed runs of an interrupted evaluation of `spec`, when its checkpoint matches exactly, and the
+    method's random stream after them (`Method.stream_state`)."""
     partial = store.load_partial(spec.run_id)
     if partial is None:
-        return []
-    runs = partial.get("runs")
-    ok = (partial.get("spec") == spec.to_dict() and partial.get("skipped_images") == data.skipped_images
+        return [], None
+    runs, stream = partial.get("runs"), partial.get("method_stream")
+    try:
+        spec.build().restore_stream_state(stream)
+        stream_ok = True
+    except ValueError:
+        stream_ok = False
+    ok = (stream_ok and partial.get("spec") == spec.to_dict() and partial.get("skipped_images") == data.skipped_images
           and isinstance(runs, list) and len(runs) < spec.runs and all(isinstance(run, dict) for run in runs))
     if ok:
         for run in runs:
@@ -455,10 +461,10 @@ def _resumable_runs(store: ResultStore, spec: RunSpec, data: EvaluationData, log
         ok = ok and [run["run"] for run in runs] == list(range(len(runs)))
     if not ok:
         log(f"ignoring the checkpoint {store.partial_path_for(spec.run_id)}: it does not match the data or spec")
-        return []
+        return [], None
     log(f"resuming {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot at run {len(runs)} "
         f"({len(runs)} of {spec.runs} runs checkpointed)")
-    return runs
+    return runs, stream
 
 
 def query_record(data: EvaluationData, episode: Episode) -> dict:
@@ -474,8 +480,12 @@ def _evaluate_group(group: list[RunSpec], data: EvaluationData, device: torch.de
     benchmark = data.benchmark
     resumed = workers.agree({spec.run_id: _resumable_runs(store, spec, data, log) for spec in group}
                             if workers.is_main else None)
-    states = [_SpecState(spec, spec.build(), list(resumed[spec.run_id]), len(resumed[spec.run_id]))
-              for spec in group]
+    states = []
+    for spec in group:
+        runs, stream = resumed[spec.run_id]
+        method = spec.build()
+        method.restore_stream_state(stream)  # the random stream after the checkpointed runs
+        states.append(_SpecState(spec, method, list(runs), len(runs)))
     plan: list[tuple[Episode, list[_SpecState]]] = []
     for run in range(max(spec.runs for spec in group)):
         shared: dict[tuple, list[_SpecState]] = defaultdict(list)
@@ -501,7 +511,8 @@ def _evaluate_group(group: list[RunSpec], data: EvaluationData, device: torch.de
                 })
                 if not state.finished and workers.is_main:
                     store.save_partial(spec.run_id, spec.to_dict(), state.runs,
-                                       {"skipped_images": data.skipped_images})
+                                       {"skipped_images": data.skipped_images,
+                                        "method_stream": state.method.stream_state()})
                 if state.finished:
                     yield _result_record(state, data, device, workers, time.perf_counter() - started)
 
