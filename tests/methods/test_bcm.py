@@ -317,7 +317,7 @@ def test_draws_replay_the_official_stream_across_runs_and_after_a_resume(monkeyp
         fresh.restore_stream_state({"keys": [1, 2]})
 
 
-def brute_force_cv(x, y, grid, splits):
+def brute_force_cv(x, y, grid, splits, logistic_regression=LogisticRegression):
     """docs/protocol.md §8 items 4 and 8 (no down-sampling): StratifiedKFold(splits), no shuffle; per C, the mean
     over folds of the mean AP over the validation classes the fold's model saw; folds whose training part
     holds one class cannot be fitted and are not counted."""
@@ -330,7 +330,7 @@ def brute_force_cv(x, y, grid, splits):
         for train, test in folds:
             if len(set(y[train].tolist())) < 2:
                 continue
-            model = LogisticRegression(C=C, max_iter=100, tol=1e-4).fit(x[train], y[train])
+            model = logistic_regression(C=C, max_iter=100, tol=1e-4).fit(x[train], y[train])
             per_fold.append(ap_scorer(model, x[test], y[test]))
         scores.append(np.mean(per_fold))
     return np.array(scores)
@@ -369,6 +369,39 @@ def test_cv_falls_back_only_where_stratified_kfold_raises():
     assert np.allclose(scores, brute_force_cv(x, y, grid, 4), atol=1e-9)  # the largest class count
     C, scores = method.choose_c(x[:2], np.array([0, 1]))
     assert C == pytest.approx(grid[4]) and scores is None  # one pixel per class: no CV, the middle C
+
+
+def test_sklearnex_solver_is_the_official_one():
+    sklearnex = pytest.importorskip("sklearnex.linear_model",
+                                    reason="scikit-learn-intelex is not installed (pip install 'gfss-bench[intel]')")
+    x, y = cv_problem((60, 9, 20))
+    method = build_method("bcm", bg_sampling=False, solver="sklearnex", c_grid_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        C, scores = method.choose_c(x, y)
+        grid = np.logspace(-5, 5, 4)
+        expected = brute_force_cv(x, y, grid, 5, sklearnex.LogisticRegression)
+        assert np.allclose(scores, expected, atol=1e-9) and C == grid[int(np.argmax(expected))]
+        mine = method._logreg(x, y, 1.0)
+        theirs = LogisticRegression(C=1.0, max_iter=100, tol=1e-4).fit(x, y)
+    assert isinstance(mine, sklearnex.LogisticRegression)
+    assert not np.allclose(mine.coef_, theirs.coef_, atol=1e-6)  # not vacuous: another solver than scikit-learn's
+    task = task_for(2, 2)
+    fitted = build_method("bcm", solver="sklearnex", c_grid_size=2).fit(task)
+    assert fitted.entries and all(e.heads for e in fitted.entries)
+
+
+def test_sklearnex_solver_missing_or_on_another_machine(monkeypatch):
+    import platform
+    import sys
+
+    task = task_for(1, 0)
+    monkeypatch.setitem(sys.modules, "sklearnex.linear_model", None)  # as if not installed
+    with pytest.raises(GFSSError, match=r"pip install 'gfss-bench\[intel\]'"):
+        build_method("bcm", solver="sklearnex").fit(task)
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    with pytest.raises(GFSSError, match="built for x86-64 only .this machine is aarch64"):
+        build_method("bcm", solver="sklearnex").fit(task)
 
 
 def test_version_is_bumped_for_the_official_stream():
