@@ -145,8 +145,8 @@ def official_query_runs(query_lists: Sequence[np.ndarray], batch_size: int, test
     return runs
 
 
-def _queries(benchmark: Benchmark, fold: int, shot: int, seed: int, pixel_counts: np.ndarray,
-             settings: EvaluationSettings, per_run: Sequence[Sequence[Sequence[int]]]) -> list[np.ndarray]:
+def _queries(benchmark: Benchmark, seed: int, pixel_counts: np.ndarray, settings: EvaluationSettings,
+             per_run: Sequence[Sequence[Sequence[int]]]) -> list[np.ndarray]:
     """The queries of the official sampler's runs: all of each run's list, or with a query cap the official
     DataLoader replay with the benchmark's validation batch."""
     lists = [eligible_queries(benchmark, pixel_counts, settings, supports) for supports in per_run]
@@ -258,7 +258,7 @@ def make_episodes(benchmark: Benchmark, fold: int, shot: int, runs: int, seed: i
         raise ValueError(f"episodes {sampler!r} come from a file: use EpisodeFile")
     settings, support_counts = _checked(benchmark, shot, pixel_counts, settings, support_pixel_counts)
     per_run = diam_supports(benchmark, fold, shot, runs, seed, support_counts, settings, image_keys)
-    queries = _queries(benchmark, fold, shot, seed, pixel_counts, settings, per_run)
+    queries = _queries(benchmark, seed, pixel_counts, settings, per_run)
     return [_episode(benchmark, fold, shot, run, seed, supports, run_queries)
             for run, (supports, run_queries) in enumerate(zip(per_run, queries))]
 
@@ -380,7 +380,8 @@ class EpisodeFile:
         counts = support_pixel_counts if settings.support_source == "train" else pixel_counts
         entry = self.entry(benchmark, fold, shot, runs)
         per_run = [self._supports(benchmark, fold, run, settings, support_names, counts) for run in entry["runs"]]
-        derived = _queries(benchmark, fold, shot, seed, pixel_counts, settings, per_run)
+        listed = all("queries" in run for run in entry["runs"])
+        derived = [None] * len(per_run) if listed else _queries(benchmark, seed, pixel_counts, settings, per_run)
         eligible = set(query_candidates(benchmark, pixel_counts).tolist())
         return [_episode(benchmark, fold, shot, run["run"], seed, supports,
                          self._listed_queries(run, query_names, eligible) if "queries" in run else queries)
