@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from gfss_bench.data.episodes import make_episode, make_episodes, support_candidates
+from gfss_bench.data.episodes import EpisodeFile, make_episode, make_episodes, support_candidates
 from gfss_bench.evaluation.runner import list_episodes
 from gfss_bench.evaluation.spec import RunSpec
 from gfss_bench.cli import cli
@@ -262,6 +262,17 @@ def test_episodes_json_command(tmp_path):
                                      "--min-support-pixels", str(MIN_PIXELS)], terminal_width=200)
     assert table.exit_code == 0 and "airplane" in table.stdout and documents[0]["runs"][0]["supports"]["bottle"][0] \
         in table.stdout
+    # the file round-trips, official repeats (another class's image in a short class's slot) included
+    path = tmp_path / "episodes.json"
+    path.write_text(result.stdout)
+    from gfss_bench.data.datasets import open_split
+
+    split = open_split(bench, "val", root)
+    settings = bench.evaluation_settings(min_support_pixels=MIN_PIXELS)
+    read = EpisodeFile(path).make_episodes(bench, 0, 5, 3, 11, split.class_pixel_counts(), settings, split.names,
+                                           split.names)
+    assert read == make_episodes(bench, 0, 5, 3, 11, split.class_pixel_counts(), settings, image_keys=split.names)
+    assert any(i in read[r].supports[0] for r in range(3) for i in read[r].supports[4])  # class 5 holds class 1's
 
 
 def gfss(*args):
