@@ -21,6 +21,7 @@ from sklearn.metrics import average_precision_score
 from sklearn.model_selection import StratifiedKFold
 
 from gfss_bench.cli import cli
+from gfss_bench.methods.bcm import BCM
 from tests.data.test_episodes import official_episodes
 from tests.models.official_pspnet_reference import OfficialPSPNet
 from tests.models.test_pspnet_checkpoints import _diam_layout, _randomise_batchnorm
@@ -28,6 +29,10 @@ from tests.test_official_parity import (BIG, SIZE, SMALL, calibrated_features, l
                                         write_pascal)
 
 MIN_PIXELS = 400
+# gfss-bench applies the heads in float32 on the query tensors' device, the reference in float64: near-tied pixels
+# can flip (the fitted heads themselves must agree to 1e-6). 0.1 mIoU points, the precision of published tables.
+MIOU_TOL = 1e-3
+FEATURE_TOL = 1e-4  # as tests/test_official_parity.py
 SHOTS, RUNS, SEED = (1, 5), 2, 2023
 NOVEL, BASE = list(range(1, 6)), list(range(6, 21))  # PASCAL-5i fold 0
 GRID = np.logspace(-5, 5, 10)
@@ -131,8 +136,19 @@ def official_prediction(table, models, query_features, weight, bias, size):
     return prediction
 
 
-@pytest.mark.slow  # a few minutes on a 2-core CPU: two BCM evaluations of 2 runs at 1 and 5 shots, twice
-def test_bcm_with_the_official_solver_scores_as_the_official_evaluation(tmp_path):
+def same_heads(fitted, table, models):
+    """gfss-bench's fitted heads against the official models: the same table, C and coefficients."""
+    assert {e.k: list(e.novel) for e in fitted.entries} == table
+    for entry in fitted.entries:
+        assert len(entry.heads) == len(models[entry.k])
+        for head, (model, weight_) in zip(entry.heads, models[entry.k]):
+            coef = model.coef_ if len(model.classes_) > 2 else np.concatenate([-model.coef_, model.coef_])
+            assert head.C == model.C and head.weight == weight_ and head.classes == tuple(model.classes_)
+            assert np.abs(head.coef - coef).max() < 1e-6
+
+
+@pytest.mark.slow  # about 8 minutes on a loaded 2-core CPU: BCM at 1 and 5 shots, 2 runs, by gfss-bench and by hand
+def test_bcm_with_the_official_solver_scores_as_the_official_evaluation(tmp_path, monkeypatch):
     sklearnex = pytest.importorskip("sklearnex.linear_model",
                                     reason="scikit-learn-intelex is not installed (pip install 'gfss-bench[intel]')")
     root, val = tmp_path / "VOC2012", bcm_folder()
@@ -153,6 +169,9 @@ def test_bcm_with_the_official_solver_scores_as_the_official_evaluation(tmp_path
     has_class = {s: bool(((lab >= 1) & (lab <= 20)).any()) for s, lab in
                  ((s, cv2.imread(str(root / lab), cv2.IMREAD_GRAYSCALE)) for s, (_, lab) in zip(stems, items))}
 
+    fits, fit = {}, BCM.fit  # gfss-bench's support tasks and fitted heads, per shot in run order (observed)
+    monkeypatch.setattr(BCM, "fit", lambda self, task: fits.setdefault(task.shots, []).append((task, fit(self, task)))
+                        or fits[task.shots][-1][1])
     args = ["run", "-b", "pascal5i", "-m", "bcm", "-o", "bcm.solver=sklearnex", "-f", "0", "--runs", str(RUNS),
             "--data-root", str(root), "--checkpoint", str(checkpoint), "--image-size", str(SIZE),
             "--min-support-pixels", str(MIN_PIXELS), "--device", "cpu", "--results-dir", str(tmp_path / "results")]
@@ -171,8 +190,15 @@ def test_bcm_with_the_official_solver_scores_as_the_official_evaluation(tmp_path
             support_labels = torch.stack([torch.stack([official_input(
                 root, *items[stems.index(s)], lookup({c: 1 + num_base + j}))[1] for s in want[c]])
                 for j, c in enumerate(NOVEL)])
-            table, models = official_bcm(support_features, support_labels, weight, bias, stream,
+            task, fitted = fits[shot][run["run"]]
+            feature_gap = (task.support_features - support_features).abs().max().item()
+            assert torch.equal(task.support_labels, support_labels) and feature_gap < FEATURE_TOL
+            # Unconverged lbfgs (max_iter=100) on 512 channels turns feature differences in the last bits into
+            # visible coefficient differences, so the official fit is checked on the features gfss-bench received:
+            # the same table, down-sampling draws, C search and solver give the same heads.
+            table, models = official_bcm(task.support_features, support_labels, weight, bias, stream,
                                          sklearnex.LogisticRegression)
+            same_heads(fitted, table, models)
             queries = [s for s in stems if has_class[s] and s not in {p for c in NOVEL for p in want[c]}]
             labels = torch.stack([inputs[s][1] for s in queries])
             prediction = official_prediction(table, models, torch.stack([features[s] for s in queries]), weight,
@@ -182,8 +208,11 @@ def test_bcm_with_the_official_solver_scores_as_the_official_evaluation(tmp_path
                                    minlength=num_classes ** 2).reshape(num_classes, num_classes)
             novel_predicted += int((prediction[keep] > num_base).sum())
             got = np.array(run["confusion"])
-            print(f"shot {shot} run {run['run']}: table {table}, {np.abs(got - official).sum() // 2} pixels differ")
-            assert run["num_queries"] == len(queries)
-            assert (run["scores"]["base"], run["scores"]["novel"]) == pytest.approx(mean_ious(official, num_base),
-                                                                                 abs=1e-12)
+            differ = int(np.abs(got - official).sum() // 2)  # a lower bound of the pixels decided differently
+            gaps = np.abs(np.subtract((run["scores"]["base"], run["scores"]["novel"]), mean_ious(official, num_base)))
+            print(f"shot {shot} run {run['run']}: table {table}, support features max|diff| {feature_gap:.1e}, "
+                  f">= {differ} of {int(keep.sum())} pixels differ, base / novel mIoU gaps {gaps[0]:.1e} / "
+                  f"{gaps[1]:.1e}")
+            assert run["num_queries"] == len(queries) and (got.sum(1) == official.sum(1)).all()
+            assert differ <= 1e-3 * int(keep.sum()) and gaps.max() < MIOU_TOL
         assert novel_predicted > 0  # not vacuous: BCM changed base predictions into novel ones

@@ -455,8 +455,9 @@ def _resumable_runs(store: ResultStore, spec: RunSpec, data: EvaluationData, log
         for run in runs:
             index = run.get("run")
             episode = data.episodes(spec)[index] if isinstance(index, int) and 0 <= index < spec.runs else None
+            recorded = query_record(data, episode) if episode is not None else {}
             ok = ok and episode is not None and (run.get("seed") == episode.seed
-                                                 and all(run.get(k) == v for k, v in query_record(data, episode).items())
+                                                 and all(run.get(k) == v for k, v in recorded.items())
                                                  and run.get("support_images") == data.support_names(episode))
         ok = ok and [run["run"] for run in runs] == list(range(len(runs)))
     if not ok:

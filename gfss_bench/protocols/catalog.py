@@ -97,7 +97,8 @@ class Benchmark:
     shuffle_queries: bool = False
     batch_size: int = 16  # default number of queries adapted together (memory vs. speed)
     # The official code's validation batch (DIaM's batch_size_val): with a query cap the official sampler takes
-    # max_queries // val_batch_size batches of it per run (docs/protocol.md §4a). 200 on PASCAL, 50 on COCO.
+    # max_queries // val_batch_size batches of it per run (docs/protocol.md §4a). 200 on PASCAL, 50 on COCO; 1 on
+    # the synthetic benchmarks (no official code), so that --queries N scores N queries.
     val_batch_size: int = 200
     official_split_offset: int = 0  # DIaM numbers PASCAL-10i's folds 0/1 as splits 10/11 (checkpoint folders)
     support_source: str = "val"
@@ -255,11 +256,13 @@ register_benchmark(Benchmark(
 register_benchmark(Benchmark(
     "synthetic5i", "built-in synthetic scenes (no download), 4 folds of 5 novel classes out of 20", "synthetic",
     SYNTHETIC_CLASSES, _contiguous_folds(20, 4), image_size=SYNTHETIC_IMAGE_SIZE,
-    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE), batch_size=256, generated=True))
+    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE), batch_size=256, val_batch_size=1,
+    generated=True))
 register_benchmark(Benchmark(
     "synthetic10i", "built-in synthetic scenes (no download), equal split: 2 folds of 10 novel classes",
     "synthetic", SYNTHETIC_CLASSES, _contiguous_folds(20, 2), image_size=SYNTHETIC_IMAGE_SIZE,
-    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE), batch_size=256, generated=True))
+    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE), batch_size=256, val_batch_size=1,
+    generated=True))
 
 BUILTIN_BENCHMARKS = frozenset(BENCHMARKS.names())
 

@@ -356,7 +356,7 @@ def test_sampler_and_versions_are_part_of_the_run_id(monkeypatch):
         RunSpec.create("base", "synthetic5i", 0, "practical", 1, episodes="bogus")
 
 
-# --- The official COCO query batches (facts §4a): a replay of one shuffled DataLoader continued across runs -------------
+# --- The official COCO query batches (facts §4a): a replay of one shuffled DataLoader continued across runs ------
 
 def replay_official_dataloader(run_lists, batch, test_num, seed):
     """Facts §4a, from its text: after setup_seed(seed), each run takes test_num / batch batches from one iterator;
