@@ -155,9 +155,10 @@ def main() -> None:
     from gfss_bench.methods import build_method
 
     torch.set_num_threads(args.threads)
-    print(f"shape: C={shape['channels']}, features {shape['feat']}x{shape['feat']}, labels "
-          f"{shape['label']}x{shape['label']}, B+1=16, N=5, {shape['queries']} queries; threads={args.threads}; "
-          f"DIaM {shape['diam_iterations']} steps; per-run totals for {args.run_queries} queries")
+    if not args.synthetic:
+        print(f"shape: C={shape['channels']}, features {shape['feat']}x{shape['feat']}, labels "
+              f"{shape['label']}x{shape['label']}, B+1=16, N=5, {shape['queries']} queries; threads={args.threads}; "
+              f"DIaM {shape['diam_iterations']} steps; per-run totals for {args.run_queries} queries")
     header = (f"{'shots':>5} {'bcm fit/run s':>14} {'heads':>6} {'bcm predict/query s':>20} "
               f"{'diam adapt/query s':>19} {'diam/bcm per query':>19} {'run total bcm s':>16} {'run total diam s':>17}")
     import sklearn.linear_model, sklearn.metrics, sklearn.model_selection  # noqa: F401, E401  (imports not timed)
