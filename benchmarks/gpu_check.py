@@ -306,12 +306,12 @@ def check_bcm_decisions(ctx: Context) -> dict:
     s = ctx.sizes
     task = diam_speed.build_task("pascal-1shot", queries=s.diam_queries, channels=s.channels, feat=s.feat,
                                  label=s.label)
-    method = build_method("bcm", **dict(s.bcm_options))
     fitted = {}
     decisions = {}
     for name, device in (("cpu", torch.device("cpu")), ("device", ctx.device)):
         on_device = task_on(task, device)
-        fitted[name] = method.fit(on_device)
+        # a fresh object per device: one object's down-sampling stream continues across its fits (one evaluation)
+        fitted[name] = build_method("bcm", **dict(s.bcm_options)).fit(on_device)
         decisions[name] = fitted[name].predict(on_device).argmax(1).cpu()
     valid = task.query_valid
     agreement = float((decisions["cpu"] == decisions["device"])[valid].float().mean())

@@ -73,7 +73,10 @@ EPISODE_GRID = option_group(
     click.option("--seed", default=2023, show_default=True, type=int, help="Base seed of the episodes."))
 SUPPORT_SETTINGS = option_group(
     click.option("--queries", default=None, metavar="N|all",
-                 help="Queries per run (default: the benchmark's; 10000 on COCO-20i, all val images on PASCAL)."),
+                 help="Queries per run, the official test_num (default: the benchmark's; 10000 on COCO-20i, all "
+                      "val images on PASCAL). With --episodes diam a cap takes N // B batches of the official "
+                      "validation batch B (50 on COCO, 200 on PASCAL) from one shuffled stream, as the official "
+                      "code does."),
     click.option("--support-source", type=click.Choice(["val", "train"]), default=None,
                  help="Split the supports are drawn from (default: val, as in DIaM)."),
     click.option("--min-support-pixels", type=int, default=None,

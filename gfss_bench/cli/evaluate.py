@@ -111,7 +111,8 @@ def run(methods, protocols, benchmark, folds, shots, runs, seed, convention, dev
 @click.option("--skip-bad-images", is_flag=True, help="Leave out unreadable images/labels, as `run` does.")
 def episodes(benchmark, data_root, folds, shots, runs, seed, sampler, output_format, queries, support_source,
              min_support_pixels, single_novel_supports, skip_bad_images):
-    """Print each run's support images per novel class and its number of queries, without loading any model."""
+    """Print each run's support slots per novel class and its queries, without loading any model (json: with a
+    query cap, each run's query stems in evaluation order)."""
     import json
 
     from gfss_bench.evaluation.plan import evaluation_overrides
@@ -134,12 +135,13 @@ def episodes(benchmark, data_root, folds, shots, runs, seed, sampler, output_for
     for document in documents:
         table = Table(title=f"{bench.name} fold {document['fold']} {document['shot']}-shot: {sampler} episodes, "
                             f"seed {seed}")
-        for column in ("run", "class", "support images", "queries"):
+        for column in ("run", "class", "support images (slots in order)", "queries (distinct)"):
             table.add_column(column)
         for run in document["runs"]:
+            queries = f"{run['num_queries']} ({run['distinct_queries']})"
             for number, (name, stems) in enumerate(run["supports"].items()):
                 table.add_row(str(run["run"]) if number == 0 else "", name, " ".join(stems),
-                              str(run["num_queries"]) if number == 0 else "")
+                              queries if number == 0 else "")
         common.console.print(table)
 
 

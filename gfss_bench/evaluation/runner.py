@@ -27,7 +27,7 @@ import torch
 from gfss_bench.evaluation.distributed import SINGLE_PROCESS, Workers
 from gfss_bench.evaluation.spec import RunSpec, resolve_device
 from gfss_bench.data.episodes import (
-    FILE_PREFIX, Episode, EpisodeFile, episodes_document, make_episodes, query_candidates)
+    FILE_PREFIX, Episode, EpisodeFile, episodes_document, make_episodes, query_candidates, queries_digest)
 from gfss_bench.models.features import (
     EXTRACTION_CHUNK, Extractor, FeatureConfig, StoredFeatures, StreamedFeatures, chunked,
     segmenter_fingerprint)
@@ -100,7 +100,7 @@ class EvaluationData:
                     raise GFSSError(f"this run spec uses the support sets of an episode file ({spec.episodes}): "
                                     "pass that file with --episodes FILE")
                 made = self.episode_file.make_episodes(self.benchmark, spec.fold, spec.shot, spec.runs, spec.seed,
-                                                       self.pixel_counts, spec.evaluation, names,
+                                                       self.pixel_counts, spec.evaluation, names, self.names,
                                                        self.support_pixel_counts)
             else:
                 made = make_episodes(self.benchmark, spec.fold, spec.shot, spec.runs, spec.seed, self.pixel_counts,
@@ -139,7 +139,7 @@ def list_episodes(benchmark: Benchmark, folds: Iterable[int], shots: Iterable[in
                   skip_bad_images: bool = False, log: Callable[[str], None] = lambda message: None) -> list[dict]:
     """The support sets `run` would use, without any model: one `episodes_document` per (fold, shot)."""
     split, pixel_counts, _ = _open_checked_split(benchmark, "val", data_root, skip_bad_images, log)
-    support_counts, names = None, split.names
+    support_counts, names, query_names = None, split.names, list(split.names)
     if settings.support_source == "train":
         support_split, support_counts, _ = _open_checked_split(benchmark, "train", data_root, skip_bad_images, log)
         names = support_split.names
@@ -148,7 +148,8 @@ def list_episodes(benchmark: Benchmark, folds: Iterable[int], shots: Iterable[in
         for shot in shots:
             made = make_episodes(benchmark, fold, shot, runs, seed, pixel_counts, settings, support_counts, episodes,
                                  names)
-            documents.append(episodes_document(benchmark, fold, shot, seed, episodes, made, names))
+            documents.append(episodes_document(benchmark, fold, shot, seed, episodes, made, names, query_names,
+                                               settings.max_queries is not None))
     return documents
 
 
@@ -263,7 +264,8 @@ def _support_task(data: EvaluationData, spec: RunSpec, episode: Episode, device:
                 support_labels=labels.reshape(n, k, *labels.shape[1:]).to(device),
                 query_features=features.new_zeros((0, channels, *features.shape[2:])),
                 query_valid=torch.zeros((0, *labels.shape[1:]), dtype=torch.bool, device=device),
-                query_labels=None, seed=episode.seed, segmenter=data.segmenter_label or spec.segmenter)
+                query_labels=None, seed=episode.seed, evaluation_seed=spec.seed,
+                segmenter=data.segmenter_label or spec.segmenter)
 
 
 def query_seeds(run_seed: int, val_indices: Iterable[int]) -> torch.Tensor:
@@ -440,28 +442,42 @@ def _episode_file(specs: list[RunSpec], path: Optional[Path]) -> Optional[Episod
 
 
 def _resumable_runs(store: ResultStore, spec: RunSpec, data: EvaluationData, log: Callable[[str], None]
-                    ) -> list[dict]:
-    """The completed runs of an interrupted evaluation of `spec`, when its checkpoint matches exactly."""
+                    ) -> tuple[list[dict], Any]:
+    """The completed runs of an interrupted evaluation of `spec`, when its checkpoint matches exactly, and the
+    method's random stream after them (`Method.stream_state`)."""
     partial = store.load_partial(spec.run_id)
     if partial is None:
-        return []
-    runs = partial.get("runs")
-    ok = (partial.get("spec") == spec.to_dict() and partial.get("skipped_images") == data.skipped_images
+        return [], None
+    runs, stream = partial.get("runs"), partial.get("method_stream")
+    try:
+        spec.build().restore_stream_state(stream)
+        stream_ok = True
+    except ValueError:
+        stream_ok = False
+    ok = (stream_ok and partial.get("spec") == spec.to_dict() and partial.get("skipped_images") == data.skipped_images
           and isinstance(runs, list) and len(runs) < spec.runs and all(isinstance(run, dict) for run in runs))
     if ok:
         for run in runs:
             index = run.get("run")
             episode = data.episodes(spec)[index] if isinstance(index, int) and 0 <= index < spec.runs else None
+            recorded = query_record(data, episode) if episode is not None else {}
             ok = ok and episode is not None and (run.get("seed") == episode.seed
-                                                 and run.get("num_queries") == len(episode.queries)
+                                                 and all(run.get(k) == v for k, v in recorded.items())
                                                  and run.get("support_images") == data.support_names(episode))
         ok = ok and [run["run"] for run in runs] == list(range(len(runs)))
     if not ok:
         log(f"ignoring the checkpoint {store.partial_path_for(spec.run_id)}: it does not match the data or spec")
-        return []
+        return [], None
     log(f"resuming {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot at run {len(runs)} "
         f"({len(runs)} of {spec.runs} runs checkpointed)")
-    return runs
+    return runs, stream
+
+
+def query_record(data: EvaluationData, episode: Episode) -> dict:
+    """What a run's result records of its queries: their number, how many are distinct and the digest of their
+    multiset (`queries_digest`), so two results can be checked to score the same images."""
+    return {"num_queries": len(episode.queries), "distinct_queries": len(set(episode.queries)),
+            "queries_digest": queries_digest([data.names[i] for i in episode.queries])}
 
 
 def _evaluate_group(group: list[RunSpec], data: EvaluationData, device: torch.device, batch_size: int,
@@ -470,8 +486,12 @@ def _evaluate_group(group: list[RunSpec], data: EvaluationData, device: torch.de
     benchmark = data.benchmark
     resumed = workers.agree({spec.run_id: _resumable_runs(store, spec, data, log) for spec in group}
                             if workers.is_main else None)
-    states = [_SpecState(spec, spec.build(), list(resumed[spec.run_id]), len(resumed[spec.run_id]))
-              for spec in group]
+    states = []
+    for spec in group:
+        runs, stream = resumed[spec.run_id]
+        method = spec.build()
+        method.restore_stream_state(stream)  # the random stream after the checkpointed runs
+        states.append(_SpecState(spec, method, list(runs), len(runs)))
     plan: list[tuple[Episode, list[_SpecState]]] = []
     for run in range(max(spec.runs for spec in group)):
         shared: dict[tuple, list[_SpecState]] = defaultdict(list)
@@ -490,14 +510,15 @@ def _evaluate_group(group: list[RunSpec], data: EvaluationData, device: torch.de
             for state, confusion in zip(members, confusions):
                 spec = state.spec
                 state.runs.append({
-                    "run": episode.run, "seed": episode.seed, "num_queries": len(episode.queries),
+                    "run": episode.run, "seed": episode.seed, **query_record(data, episode),
                     "support_images": data.support_names(episode), "confusion": confusion.tolist(),
                     "scores": scores(confusion.numpy(), len(benchmark.base_classes(spec.fold)),
                                      spec.convention).as_dict(),
                 })
                 if not state.finished and workers.is_main:
                     store.save_partial(spec.run_id, spec.to_dict(), state.runs,
-                                       {"skipped_images": data.skipped_images})
+                                       {"skipped_images": data.skipped_images,
+                                        "method_stream": state.method.stream_state()})
                 if state.finished:
                     yield _result_record(state, data, device, workers, time.perf_counter() - started)
 

@@ -29,8 +29,10 @@ from gfss_bench.userfiles import quote
 DEFAULT_SEED = 2023
 DEFAULT_RUNS = 5
 # Version of the evaluation protocol, part of every run spec. 2: OpenCV preprocessing and the official support
-# sampler (docs/protocol.md §4a). Results stored before it lack the field and count as version 1.
-PROTOCOL_VERSION = 2
+# sampler (docs/protocol.md §4a). 3: the official repeats of short classes (from the run's whole support list) and,
+# with a query cap (COCO), the official DataLoader's query batches. Results stored before version 2 lack the field
+# and count as version 1.
+PROTOCOL_VERSION = 3
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ Fit:
    support pixels (pixels of the novel classes of T[k] get their position in T[k], every other valid
    pixel gets 0), on the features raised element-wise to `beta`.
 3. scikit-learn's `LogisticRegression` (L2, lbfgs, `max_iter`, `tol`, intercept; multinomial for
-   three or more classes, binomial for two). C is chosen over logspace(`c_min_exp`, `c_max_exp`,
+   three or more classes, binomial for two), or with `solver=sklearnex` scikit-learn-intelex's (the
+   official solver; the extra `gfss-bench[intel]`, x86-64 only). C is chosen over logspace(`c_min_exp`, `c_max_exp`,
    `c_grid_size`) by `cv_folds`-fold `StratifiedKFold` without shuffling, scored by the mean over the
    classes present in the validation fold of one-vs-rest average precision, averaged over folds; ties
    go to the first C. As in the official code (docs/protocol.md §8 item 8) the folds stay `cv_folds` when a
@@ -21,10 +22,12 @@ Fit:
    folds lack that class, and a class absent from a training fold is not scored in its validation
    fold. With `bg_sampling`, the label-0 pixels of each training fold and of the final
    refit are down-sampled without replacement to the count of the largest other class when they
-   outnumber it (that class is then the second largest). The random draws come from
-   `numpy.random.SeedSequence([seed, k, model, stage])` with `seed = task.seed`, `model` 0 for the
-   all-shot model and 1 + i for the model of shot i, `stage` 0 for the final refit and 1 + f for CV
-   fold f: results are reproducible and independent of the fitting order.
+   outnumber it (that class is then the second largest). The draws replay the official numpy stream
+   (docs/protocol.md §8 item 9): one `numpy.random.RandomState(task.evaluation_seed)` per evaluation,
+   continued across its runs (the method object lives for one evaluation; `stream_state` goes into
+   the run checkpoints), drawn in the official order: mapped base labels k ascending; per k the
+   per-shot models 0..K-1 and then the all-shot model; per model the CV training folds in order,
+   then the final refit.
 4. Probabilities of a head are the softmax of its decision function (the binary case is written
    as the two logits (-d, d), i.e. sigmoid(2d), as scikit-learn's multinomial binary case).
 5. Shot-wise ensemble (`ensemble` and K > 1): per k, also one model per shot i (trained on shot i of
@@ -48,20 +51,22 @@ Degenerate cases (documented choices, not in the paper):
 - a novel class without any support pixel at feature resolution is left out of the table (never
   predicted);
 - a model whose training pixels hold a single class is not fitted (a shot model that saw none of
-  T[k] contributes nothing; an entry without an all-shot model never changes predictions);
+  T[k] contributes nothing; an entry without an all-shot model never changes predictions). The
+  official code crashes there instead; it happens with the official repeats (docs/protocol.md §4a),
+  where a class short of candidates fills its slots with the first class's supports, so its shot
+  model for such a slot sees no pixel of it. It draws nothing from the stream;
 - only where scikit-learn would raise, CV deviates: when every class has fewer pixels than
   `cv_folds` (StratifiedKFold raises), it uses as many folds as the largest class has pixels; when
   that is below 2 (or the grid has one value), CV is skipped and the middle grid value
   C_grid[(len - 1) // 2] is used; a training fold holding a single class (e.g. a binary model with a
   one-pixel class; LogisticRegression raises) is left out of the average;
-- features are raised to `beta` as sign(x) * |x|**beta, which is x**beta for the post-ReLU
-  (non-negative) features BCM assumes; support features with negative values stop the fit with one line
-  (`check_non_negative`) unless beta = 1.
+- features are raised to `beta` as sign(x) * |x|**beta (by numpy in float32 for the fits), which is
+  x**beta for the post-ReLU (non-negative) features BCM assumes; support features with negative values
+  stop the fit with one line (`check_non_negative`) unless beta = 1.
 
-Only `top_k` = 1 (the official setting) and `solver` = "sklearn" are implemented (no torch solver:
-none has been shown to reach scikit-learn's objective and predictions). scikit-learn runs on the CPU
-with as many BLAS threads as `torch.get_num_threads()`; the heads are applied on the query tensors'
-device.
+Only `top_k` = 1 (the official setting) is implemented, and no torch solver (none has been shown
+to reach scikit-learn's objective and predictions). scikit-learn runs on the CPU with as many BLAS
+threads as `torch.get_num_threads()`; the heads are applied on the query tensors' device.
 """
 
 from __future__ import annotations
@@ -78,7 +83,8 @@ from gfss_bench.errors import GFSSError
 from gfss_bench.methods.contract import Fitted, Method, Task, check_choice, register_method
 from gfss_bench.methods.common import IGNORE, check_labels, check_task_shapes, downsample_nearest
 
-SOLVERS = ("sklearn",)
+SOLVERS = ("sklearn", "sklearnex")
+X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 PREDICT_CHUNK = 16  # queries per chunk at label resolution (bounds memory)
 
 
@@ -97,6 +103,15 @@ def check_non_negative(features: torch.Tensor, beta: float, segmenter: str) -> N
                         "features")
 
 
+def power_array(x: np.ndarray, beta: float) -> np.ndarray:
+    """sign(x) * |x|**beta computed by numpy in the array's own precision, as the official code raises its numpy
+    features. torch's float32 `pow(0.5)` differs from numpy's square root in the last bit for about 18% of values,
+    and the fits (lbfgs stopped at `max_iter`) can turn such differences into percent-level coefficient changes."""
+    if beta == 1:
+        return x
+    return np.sign(x) * np.abs(x) ** np.asarray(beta, dtype=x.dtype)
+
+
 def mapping_table(task: Task) -> dict[int, tuple[int, ...]]:
     """T: base label k -> the novel episode labels mapped to it (ascending); see the module docstring."""
     nb = task.num_base_and_bg
@@ -113,9 +128,10 @@ def mapping_table(task: Task) -> dict[int, tuple[int, ...]]:
     return {k: tuple(sorted(v)) for k, v in sorted(table.items())}
 
 
-def downsample_background(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def downsample_background(y: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
     """Sorted indices of `y` keeping every non-zero label and, when label 0 outnumbers the largest
-    other class, that many label-0 indices drawn without replacement."""
+    other class, that many label-0 indices drawn without replacement (`rng.choice` on the label-0
+    indices in increasing order, as the official code draws)."""
     zero = np.flatnonzero(y == 0)
     others = y[y != 0]
     if others.size == 0:
@@ -237,7 +253,9 @@ class BCMFitted(Fitted):
 class BCM(Method):
     """BCM (NeurIPS 2024); the options are the official settings (C grid = logspace(min, max, size))."""
 
-    version = 2  # 2: CV keeps `cv_folds` folds when a class has fewer pixels (official behaviour)
+    # 2: CV keeps `cv_folds` folds when a class has fewer pixels (official behaviour); 3: the down-sampling replays
+    # the official numpy stream, continued across runs (per-shot models fitted before the all-shot model)
+    version = 3
     beta: float = 0.5
     top_k: int = 1
     ensemble: bool = True
@@ -270,10 +288,37 @@ class BCM(Method):
     def fit(self, task: Task) -> BCMFitted:
         from threadpoolctl import threadpool_limits
 
+        if self.solver == "sklearnex":
+            sklearnex_logistic_regression()  # a clear error before anything is fitted
         # scikit-learn's BLAS/OpenMP use as many threads as torch does (unbounded pools on small
         # matrices mostly wait for each other on a shared CPU)
         with threadpool_limits(limits=torch.get_num_threads()):
             return self._fit(task)
+
+    def stream_state(self) -> Optional[dict]:
+        stream = self.__dict__.get("_stream")
+        if stream is None:
+            return None
+        _, keys, position, has_gauss, cached = stream.get_state()
+        return {"keys": keys.tolist(), "pos": int(position), "has_gauss": int(has_gauss), "cached": float(cached)}
+
+    def restore_stream_state(self, state: Optional[dict]) -> None:
+        if state is None:
+            object.__setattr__(self, "_stream", None)
+            return
+        try:
+            stream = np.random.RandomState()
+            stream.set_state(("MT19937", np.asarray(state["keys"], dtype=np.uint32), int(state["pos"]),
+                              int(state["has_gauss"]), float(state["cached"])))
+        except (TypeError, KeyError, ValueError, OverflowError) as error:
+            raise ValueError(f"not a bcm stream state ({error})") from None
+        object.__setattr__(self, "_stream", stream)
+
+    def _numpy_stream(self, task: Task) -> np.random.RandomState:
+        """The evaluation's stream (docs/protocol.md §8 item 9): seeded at the first fit, continued afterwards."""
+        if self.__dict__.get("_stream") is None:
+            object.__setattr__(self, "_stream", np.random.RandomState(int(task.evaluation_seed) % (1 << 32)))
+        return self.__dict__["_stream"]
 
     def _fit(self, task: Task) -> BCMFitted:
         check_task_shapes(task)
@@ -282,48 +327,52 @@ class BCM(Method):
         table = mapping_table(task)
         small = downsample_nearest(task.support_labels, (h, w)).cpu()  # [N, K, h, w]
         check_non_negative(task.support_features, self.beta, task.segmenter)
-        feats = power_features(task.support_features.detach().float().cpu(), self.beta)
-        x_all = feats.permute(0, 1, 3, 4, 2).reshape(-1, c).double().numpy()  # pixel order: (n, shot, y, x)
+        feats = task.support_features.detach().float().cpu().permute(0, 1, 3, 4, 2).reshape(-1, c).numpy()
+        x_all = power_array(feats, self.beta).astype(np.float64)  # pixel order: (n, shot, y, x)
         labels = small.reshape(-1).numpy()
         shot_of = np.broadcast_to(np.arange(k_shots).reshape(1, -1, 1), (n, k_shots, h * w)).reshape(-1)
         valid = labels != IGNORE
         x_all, labels, shot_of = x_all[valid], labels[valid], shot_of[valid]
         ensemble = self.ensemble and k_shots > 1
-        seed = int(task.seed) % (1 << 63)
+        stream = self._numpy_stream(task)
         entries = []
         for k, novel in table.items():
             y = np.zeros(labels.shape, dtype=np.int64)
             for pos, label in enumerate(novel, start=1):
                 y[labels == label] = pos
             entry = Entry(k, novel)
-            subsets = [(None, np.ones(y.shape, dtype=bool), float(k_shots) if ensemble else 1.0)]
-            if ensemble:
-                subsets += [(i, shot_of == i, 1.0) for i in range(k_shots)]
-            for model, (shot, rows, weight) in enumerate(subsets):
-                head = self._fit_head(x_all[rows], y[rows], [seed, k, model])
+            subsets = [(i, shot_of == i, 1.0) for i in range(k_shots)] if ensemble else []  # the official order
+            subsets.append((None, np.ones(y.shape, dtype=bool), float(k_shots) if ensemble else 1.0))
+            for shot, rows, weight in subsets:
+                head = self._fit_head(x_all[rows], y[rows], stream)
                 if head is not None:
                     head.weight, head.shot = weight, shot
                     entry.heads.append(head)
             entries.append(entry)
         return BCMFitted(entries, self.beta, task.num_base_and_bg, task.num_classes)
 
-    def _sample(self, y: np.ndarray, entropy: list[int]) -> np.ndarray:
-        if not self.bg_sampling:
+    def _sample(self, y: np.ndarray, stream: Optional[np.random.RandomState]) -> np.ndarray:
+        if not self.bg_sampling or stream is None:
             return np.arange(y.size)
-        return downsample_background(y, np.random.default_rng(np.random.SeedSequence(entropy)))
+        return downsample_background(y, stream)
 
     def _logreg(self, x: np.ndarray, y: np.ndarray, C: float):
         from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import LogisticRegression
 
+        if self.solver == "sklearnex":
+            LogisticRegression = sklearnex_logistic_regression()
+        else:
+            from sklearn.linear_model import LogisticRegression
         model = LogisticRegression(C=C, solver="lbfgs", max_iter=self.max_iter, tol=self.tol, fit_intercept=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(x, y)
         return model
 
-    def choose_c(self, x: np.ndarray, y: np.ndarray, entropy: list[int]) -> tuple[float, Optional[np.ndarray]]:
-        """The grid value with the best mean CV score (first on ties) and the scores; see the docstring."""
+    def choose_c(self, x: np.ndarray, y: np.ndarray, stream: Optional[np.random.RandomState] = None
+                 ) -> tuple[float, Optional[np.ndarray]]:
+        """The grid value with the best mean CV score (first on ties) and the scores; see the docstring. Each
+        training fold's down-sampling draws from `stream`, in fold order (None: no down-sampling)."""
         from sklearn.model_selection import StratifiedKFold
 
         grid = self.c_grid
@@ -334,9 +383,9 @@ class BCM(Method):
             warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
             split = list(StratifiedKFold(n_splits=splits, shuffle=False).split(x, y))
         folds = []
-        for f, (train, test) in enumerate(split):
+        for train, test in split:
             if np.unique(y[train]).size > 1:  # LogisticRegression cannot fit a single class
-                folds.append((train[self._sample(y[train], entropy + [1 + f])], test))
+                folds.append((train[self._sample(y[train], stream)], test))
         scores = np.zeros(grid.size)
         for g, C in enumerate(grid):
             for train, test in folds:
@@ -346,14 +395,30 @@ class BCM(Method):
         scores /= len(folds)
         return float(grid[int(np.argmax(scores))]), scores
 
-    def _fit_head(self, x: np.ndarray, y: np.ndarray, entropy: list[int]) -> Optional[Head]:
+    def _fit_head(self, x: np.ndarray, y: np.ndarray, stream: np.random.RandomState) -> Optional[Head]:
         classes = np.unique(y)
         if classes.size < 2:
             return None
-        C, scores = self.choose_c(x, y, entropy)
-        keep = self._sample(y, entropy + [0])
+        C, scores = self.choose_c(x, y, stream)
+        keep = self._sample(y, stream)
         model = self._logreg(x[keep], y[keep], C)
         coef, intercept = model.coef_, model.intercept_
         if classes.size == 2:
             coef, intercept = np.concatenate([-coef, coef]), np.concatenate([-intercept, intercept])
         return Head(tuple(int(c) for c in model.classes_), coef, intercept, C, 1.0, None, scores)
+
+
+def sklearnex_logistic_regression():
+    """scikit-learn-intelex's LogisticRegression (the official BCM solver), or a GFSSError saying how to get it."""
+    import platform
+
+    machine = platform.machine().lower()
+    if machine not in X86:
+        raise GFSSError(f"option solver='sklearnex' of method 'bcm' needs scikit-learn-intelex, which is built for "
+                        f"x86-64 only (this machine is {machine or 'unknown'}); use solver=sklearn")
+    try:
+        from sklearnex.linear_model import LogisticRegression
+    except ImportError:
+        raise GFSSError("option solver='sklearnex' of method 'bcm' needs scikit-learn-intelex: pip install "
+                        "'gfss-bench[intel]' (or use solver=sklearn)") from None
+    return LogisticRegression

@@ -35,6 +35,9 @@ class Task:
     query_valid: torch.Tensor  # bool [Q, H, W]
     query_labels: Optional[torch.Tensor] = None  # long [Q, H, W]; only oracle settings may read it
     seed: int = 0  # for methods with randomness; derived from the run's seed by the runner
+    # The evaluation's seed (the spec's, 2023 by default), for methods whose draws replay a stream that the official
+    # code seeds once per evaluation and continues across its runs (bcm; see Method.stream_state).
+    evaluation_seed: int = 0
     # int64 [Q]: one seed per query, for methods that draw per query (classtrans). The runner derives it from the
     # run's seed and the query image's index in the val list, so draws do not depend on batching or query order.
     # None: query i of the task uses seed + i. (torch's CPU generator reads only the low 32 bits of a seed.)
@@ -93,8 +96,10 @@ class Method:
 
     Two entry points, with identical results: `predict(task)` for one task, and `fit(task)` once per
     support set followed by `Fitted.predict(task)` for each query batch (what the runner does).
-    `fit` may read only the base classifier, the support fields and `seed` of its task (the runner
-    passes a task with zero queries). A method implements `predict` (transductive methods, which adapt
+    `fit` may read only the base classifier, the support fields and the seeds of its task (the runner
+    passes a task with zero queries). The runner builds one method object per evaluation and fits it on the runs
+    in order, so a method may continue a random stream across runs; it then exposes the stream's state
+    (`stream_state`, `restore_stream_state`) for the run checkpoints. A method implements `predict` (transductive methods, which adapt
     per query batch; `fit` then defers to it) or `fit` (inductive methods; `predict` then fits and
     predicts).
 
@@ -128,6 +133,17 @@ class Method:
 
     def options(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    def stream_state(self) -> Any:
+        """JSON-able state of a random stream that this object continues across the runs of an evaluation (None
+        when there is none, or before the first fit). The runner stores it with each run checkpoint, so that an
+        evaluation resumed at run r draws exactly as an uninterrupted one."""
+        return None
+
+    def restore_stream_state(self, state: Any) -> None:
+        """Continue from a `stream_state` of a checkpoint; ValueError when it is not one of this method's."""
+        if state is not None:
+            raise ValueError(f"method {self.name!r} has no random stream to restore")
 
 
 METHODS: Registry[type[Method]] = Registry("method")

@@ -23,7 +23,7 @@ _KIND_NAMES = {int: "an integer", str: "a string", bool: "true or false", list: 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 REQUIRED = ("name", "classes", "folds")
 OPTIONAL = ("description", "data_root", "image_size", "min_support_pixels", "queries", "support_source",
-            "single_novel_supports", "batch_size")
+            "single_novel_supports", "batch_size", "val_batch_size")
 
 
 def is_benchmark_file(value: str) -> bool:
@@ -80,12 +80,15 @@ def load_benchmark_file(path: Path | str) -> Benchmark:
     batch_size = _typed(path, config, "batch_size", int, 16)
     if batch_size < 1:
         raise GFSSError(f"{where}: 'batch_size' must be >= 1, got {quote(batch_size)}")
+    val_batch_size = _typed(path, config, "val_batch_size", int, 200)
+    if val_batch_size < 1:
+        raise GFSSError(f"{where}: 'val_batch_size' must be >= 1, got {quote(val_batch_size)}")
     benchmark = Benchmark(
         name, _typed(path, config, "description", str, f"from {path.name}"), name, tuple(classes),
         tuple(tuple(novel) for novel in folds), image_size=image_size,
         min_support_pixels=_typed(path, config, "min_support_pixels", int, scaled_min_support_pixels(image_size)),
         max_queries=None if queries == "all" else queries, shuffle_queries=queries != "all",
-        batch_size=batch_size, support_source=support_source,
+        batch_size=batch_size, val_batch_size=val_batch_size, support_source=support_source,
         single_novel_supports=_typed(path, config, "single_novel_supports", bool, True),
         data_root=None if data_root is None else (path.parent / data_root).resolve(), source=path.resolve())
     try:

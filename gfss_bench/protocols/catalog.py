@@ -96,6 +96,10 @@ class Benchmark:
     max_queries: Optional[int] = None  # None: every eligible val image
     shuffle_queries: bool = False
     batch_size: int = 16  # default number of queries adapted together (memory vs. speed)
+    # The official code's validation batch (DIaM's batch_size_val): with a query cap the official sampler takes
+    # max_queries // val_batch_size batches of it per run (docs/protocol.md §4a). 200 on PASCAL, 50 on COCO; 1 on
+    # the synthetic benchmarks (no official code), so that --queries N scores N queries.
+    val_batch_size: int = 200
     official_split_offset: int = 0  # DIaM numbers PASCAL-10i's folds 0/1 as splits 10/11 (checkpoint folders)
     support_source: str = "val"
     single_novel_supports: bool = True
@@ -130,7 +134,7 @@ class Benchmark:
             return None
         definition = {"classes": list(self.class_names), "folds": [list(f) for f in self.fold_novel_classes],
                       "evaluation": asdict(self.evaluation_settings()),
-                      "shuffle_queries": self.shuffle_queries}
+                      "shuffle_queries": self.shuffle_queries, "val_batch_size": self.val_batch_size}
         return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
 
     def check_fold(self, fold: int) -> int:
@@ -243,18 +247,22 @@ register_benchmark(Benchmark(
     "pascal", PASCAL_CLASSES, _contiguous_folds(20, 2), official_split_offset=10, prepare="pascal", train_epochs=50))
 register_benchmark(Benchmark(
     "coco20i", "COCO 2014, 4 interleaved folds of 20 novel classes (every 4th id; PFENet/DIaM split)", "coco",
-    COCO_CLASSES, _interleaved_folds(80, 4), max_queries=10000, shuffle_queries=True, prepare="coco"))
+    COCO_CLASSES, _interleaved_folds(80, 4), max_queries=10000, shuffle_queries=True, val_batch_size=50,
+    prepare="coco"))
 register_benchmark(Benchmark(
     "coco20i-contiguous", "COCO 2014, 4 contiguous folds of 20 novel classes (ids 20i+1..20i+20)", "coco",
-    COCO_CLASSES, _contiguous_folds(80, 4), max_queries=10000, shuffle_queries=True, prepare="coco"))
+    COCO_CLASSES, _contiguous_folds(80, 4), max_queries=10000, shuffle_queries=True, val_batch_size=50,
+    prepare="coco"))
 register_benchmark(Benchmark(
     "synthetic5i", "built-in synthetic scenes (no download), 4 folds of 5 novel classes out of 20", "synthetic",
     SYNTHETIC_CLASSES, _contiguous_folds(20, 4), image_size=SYNTHETIC_IMAGE_SIZE,
-    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE), batch_size=256, generated=True))
+    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE), batch_size=256, val_batch_size=1,
+    generated=True))
 register_benchmark(Benchmark(
     "synthetic10i", "built-in synthetic scenes (no download), equal split: 2 folds of 10 novel classes",
     "synthetic", SYNTHETIC_CLASSES, _contiguous_folds(20, 2), image_size=SYNTHETIC_IMAGE_SIZE,
-    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE), batch_size=256, generated=True))
+    min_support_pixels=scaled_min_support_pixels(SYNTHETIC_IMAGE_SIZE), batch_size=256, val_batch_size=1,
+    generated=True))
 
 BUILTIN_BENCHMARKS = frozenset(BENCHMARKS.names())
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from gfss_bench.data.episodes import make_episode, make_episodes, support_candidates
+from gfss_bench.data.episodes import EpisodeFile, make_episode, make_episodes, support_candidates
 from gfss_bench.evaluation.runner import list_episodes
 from gfss_bench.evaluation.spec import RunSpec
 from gfss_bench.cli import cli
@@ -151,10 +152,10 @@ def official_episodes(root: Path, novel, base, num_classes, shot, runs, seed, mi
     candidates = {c: [(img, lab) for img, lab in items if int((labels[lab] == c).sum()) >= min_pixels]
                   for c in novel}
     stream = random.Random(seed)  # random.seed(seed) once; the runs continue the stream
-    stats = {"skipped": 0, "repeated": 0}
+    stats = {"skipped": 0, "repeated": 0, "foreign": 0}
     out = []
     for _ in range(runs):
-        chosen_per_class = {}
+        chosen_per_class, image_list = {}, []  # image_list: created once per run, before the class loop
         for c in sorted(novel):
             order = list(range(len(candidates[c])))
             stream.shuffle(order)
@@ -170,9 +171,13 @@ def official_episodes(root: Path, novel, base, num_classes, shot, runs, seed, mi
                     continue
                 chosen.append(img)
             assert chosen, f"no candidate for class {c}"
-            if len(chosen) < shot:
+            image_list += chosen
+            if len(chosen) < shot:  # indices below the found count, used on the run's whole list
                 stats["repeated"] += 1
-                chosen += [chosen[i] for i in stream.choices(range(len(chosen)), k=shot - len(chosen))]
+                stats["foreign"] += c != min(novel)
+                extra = [image_list[i] for i in stream.choices(range(len(chosen)), k=shot - len(chosen))]
+                image_list += extra
+                chosen = chosen + extra
             chosen_per_class[c] = chosen
         queries = [img for img, lab in items if any(1 <= v <= num_classes for v in np.unique(labels[lab]))]
         for img in dict.fromkeys(p for paths in chosen_per_class.values() for p in paths):
@@ -198,8 +203,8 @@ def test_diam_sampler_matches_an_independent_reading_of_the_facts(tmp_path, name
     labels = random_labels(novel, base, seed=len(name) + fold, plentiful=plentiful, scarce=scarce, multi=multi,
                            count=count)
     root = write_voc_folder(tmp_path / name, labels, duplicate=labels[3][0])
-    settings = bench.evaluation_settings(min_support_pixels=MIN_PIXELS)
-    totals = {"skipped": 0, "repeated": 0}
+    settings = bench.evaluation_settings(min_support_pixels=MIN_PIXELS, max_queries=None)  # every query (COCO too)
+    totals = {"skipped": 0, "repeated": 0, "foreign": 0}
     for shot, runs, seed in ((1, 5, 2023), (2, 3, 7), (5, 4, 2023)):
         [document] = list_episodes(bench, [fold], [shot], runs, seed, "diam", settings, root)
         expected, stats = official_episodes(root, novel, base, bench.num_classes, shot, runs, seed, MIN_PIXELS)
@@ -209,7 +214,7 @@ def test_diam_sampler_matches_an_independent_reading_of_the_facts(tmp_path, name
         for run, want in zip(document["runs"], expected):
             assert run["supports"] == {bench.class_names[c - 1]: want[c] for c in novel}
             assert run["num_queries"] == want["num_queries"]
-    assert totals["skipped"] > 0 and totals["repeated"] > 0  # the walks did skip and repeat
+    assert min(totals.values()) > 0  # the walks did skip and repeat, also into a later class's slots
 
 
 def test_diam_runs_continue_one_stream_and_differ_from_independent():
@@ -249,7 +254,7 @@ def test_episodes_json_command(tmp_path):
         assert set(document) == {"benchmark", "fold", "shot", "seed", "episodes", "runs"}
         expected, _ = official_episodes(root, bench.novel_classes(0), bench.base_classes(0), 20, document["shot"], 3,
                                         11, MIN_PIXELS)
-        assert [set(r) for r in document["runs"]] == [{"run", "supports", "num_queries"}] * 3
+        assert [set(r) for r in document["runs"]] == [{"run", "supports", "num_queries", "distinct_queries"}] * 3
         assert [r["supports"] for r in document["runs"]] == [
             {bench.class_names[c - 1]: want[c] for c in bench.novel_classes(0)} for want in expected]
         assert [r["num_queries"] for r in document["runs"]] == [want["num_queries"] for want in expected]
@@ -257,6 +262,17 @@ def test_episodes_json_command(tmp_path):
                                      "--min-support-pixels", str(MIN_PIXELS)], terminal_width=200)
     assert table.exit_code == 0 and "airplane" in table.stdout and documents[0]["runs"][0]["supports"]["bottle"][0] \
         in table.stdout
+    # the file round-trips, official repeats (another class's image in a short class's slot) included
+    path = tmp_path / "episodes.json"
+    path.write_text(result.stdout)
+    from gfss_bench.data.datasets import open_split
+
+    split = open_split(bench, "val", root)
+    settings = bench.evaluation_settings(min_support_pixels=MIN_PIXELS)
+    read = EpisodeFile(path).make_episodes(bench, 0, 5, 3, 11, split.class_pixel_counts(), settings, split.names,
+                                           split.names)
+    assert read == make_episodes(bench, 0, 5, 3, 11, split.class_pixel_counts(), settings, image_keys=split.names)
+    assert any(i in read[r].supports[0] for r in range(3) for i in read[r].supports[4])  # class 5 holds class 1's
 
 
 def gfss(*args):
@@ -269,8 +285,10 @@ def test_run_with_an_episode_file_uses_its_supports(tmp_path):
     assert listed.exit_code == 0, listed.output
     [document] = json.loads(listed.stdout)
     assert document["runs"][0]["supports"] != document["runs"][1]["supports"]
-    for key in ("supports", "num_queries"):  # run 0 gets run 1's supports and the other way round
+    for key in ("supports", "num_queries", "distinct_queries"):  # run 0 gets run 1's supports and the other way round
         document["runs"][0][key], document["runs"][1][key] = document["runs"][1][key], document["runs"][0][key]
+    stems = [stem for run in document["runs"] for names in run["supports"].values() for stem in names]
+    document["runs"][1]["queries"] = listed_queries = [stems[0], stems[1], stems[0]]  # scored as listed, repeats kept
     path = tmp_path / "episodes.json"
     path.write_text(json.dumps([document]))
     results = tmp_path / "results"
@@ -282,7 +300,11 @@ def test_run_with_an_episode_file_uses_its_supports(tmp_path):
     assert record["spec"]["episodes"] == "file:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     for run, listed_run in zip(record["runs"], document["runs"]):
         assert run["support_images"] == list(listed_run["supports"].values())
-        assert run["num_queries"] == listed_run["num_queries"]  # both: val minus that run's supports
+    assert record["runs"][0]["num_queries"] == document["runs"][0]["num_queries"]  # both: val minus its supports
+    assert (record["runs"][1]["num_queries"], record["runs"][1]["distinct_queries"]) == (3, 2)
+    multiset = "\n".join(sorted(listed_queries)).encode()
+    assert record["runs"][1]["queries_digest"] == hashlib.sha256(multiset).hexdigest()[:16]
+    assert sum(record["runs"][1]["confusion"], []) != sum(record["runs"][0]["confusion"], [])
 
     def fails(*args, edit=None):
         """The one-line error of `run --episodes` with an edited copy of the file (in-process: the GFSSError)."""
@@ -305,6 +327,8 @@ def test_run_with_an_episode_file_uses_its_supports(tmp_path):
     assert "no entry for synthetic5i fold 0 5-shot" in fails("-f", "0", "-k", "5", "--runs", "2")
     assert "--runs is 3" in fails("-f", "0", "--runs", "3")
     assert "not of synthetic5i" in fails("-f", "0", "--runs", "2", edit=lambda d: d.update(benchmark="pascal5i"))
+    assert "lists query 'nope' (run 1), which is not in the val split" in fails(
+        "-f", "0", "--runs", "2", edit=lambda d: d["runs"][1]["queries"].append("nope"))
     assert "unknown class name(s) cat" in fails(
         "-f", "0", "--runs", "2", edit=lambda d: d["runs"][0]["supports"].update(cat=["x"]))
     path.write_text("[{")
@@ -316,7 +340,7 @@ def test_run_with_an_episode_file_uses_its_supports(tmp_path):
 
 def test_sampler_and_versions_are_part_of_the_run_id(monkeypatch):
     spec = RunSpec.create("base", "synthetic5i", 0, "practical", 1)
-    assert (spec.episodes, spec.protocol_version, spec.method_version) == ("diam", 2, 1)
+    assert (spec.episodes, spec.protocol_version, spec.method_version) == ("diam", 3, 1)
     other = {spec.run_id}
     for changed in (RunSpec.create("base", "synthetic5i", 0, "practical", 1, episodes="independent"),
                     RunSpec.create("base", "synthetic5i", 0, "practical", 1, episodes="file:0123456789abcdef"),
@@ -332,11 +356,125 @@ def test_sampler_and_versions_are_part_of_the_run_id(monkeypatch):
         RunSpec.create("base", "synthetic5i", 0, "practical", 1, episodes="bogus")
 
 
-def test_diam_coco_queries_are_a_seeded_permutation_cut_to_max_queries():
+# --- The official COCO query batches (facts §4a): a replay of one shuffled DataLoader continued across runs ------
+
+def replay_official_dataloader(run_lists, batch, test_num, seed):
+    """Facts §4a, from its text: after setup_seed(seed), each run takes test_num / batch batches from one iterator;
+    creating an iterator draws the workers' base seed, then the sampler's seed, whose generator gives randperm(n) of
+    the list as it is at that moment (the workers' copy); batches are consecutive slices, the last one short."""
+    out = []
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        snapshot, batches = None, iter(())
+        for current in run_lists:
+            taken = []
+            for _ in range(int(test_num / batch)):
+                items = next(batches, None)
+                if items is None:  # exhausted: a new iterator over this run's list
+                    torch.empty((), dtype=torch.int64).random_()
+                    sampler = torch.Generator()
+                    sampler.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+                    snapshot, order = list(current), torch.randperm(len(current), generator=sampler).tolist()
+                    batches = iter([order[i:i + batch] for i in range(0, len(order), batch)])
+                    items = next(batches)
+                taken += [snapshot[i] for i in items]
+            out.append(taken)
+    return out
+
+
+class ListDataset(torch.utils.data.Dataset):
+    """The official val dataset's role: a list of query ids that the loop replaces before each run."""
+
+    def __init__(self):
+        self.items = []
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def real_dataloader(run_lists, batch, test_num, seed):
+    """The same loop on a real torch DataLoader with worker processes, as the official config runs it."""
+    dataset, out = ListDataset(), []
+    dataset.items = list(run_lists[0])  # the sampler checks the length when the loader is built
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=2,
+                                             multiprocessing_context="fork")
+        iterator = None
+        for current in run_lists:
+            dataset.items, taken = list(current), []
+            for _ in range(test_num // batch):
+                try:
+                    items = next(iterator)
+                except (StopIteration, TypeError):
+                    iterator = iter(loader)
+                    items = next(iterator)
+                taken += items.tolist()
+            out.append(taken)
+    return out
+
+
+def coco_table(extra):
+    """Two large single-novel candidates per novel class of COCO-20i fold 0, `extra` base-only queries and 3
+    background-only images (no query)."""
     coco = get_benchmark("coco20i")
-    table = counts(*([{c: 20000} for c in coco.novel_classes(0)] + [{2: 5}] * 30))
-    settings = coco.evaluation_settings(max_queries=12)
-    for episode in make_episodes(coco, 0, 1, 2, 2023, table, settings):
-        assert episode.supports == tuple((j,) for j in range(20))  # the only candidates
-        expected = np.random.default_rng(episode.seed).permutation(np.arange(20, 50))[:12]
-        assert list(episode.queries) == list(expected)
+    return counts(*([{c: 20000} for c in coco.novel_classes(0) for _ in range(2)] + [{2: 5}] * extra
+                    + [{0: 7}] * 3))
+
+
+@pytest.mark.parametrize("extra,test_num", [(80, 150), (75, 150), (75, 100), (61, 120)])
+def test_diam_coco_queries_replay_the_official_dataloader(extra, test_num):
+    coco, table = get_benchmark("coco20i"), coco_table(extra)  # run lists of 100 (a multiple of 50), 95, 81
+    settings = coco.evaluation_settings(max_queries=test_num)
+    episodes = make_episodes(coco, 0, 1, 5, 2023, table, settings)
+    eligible = [i for i in range(len(table)) if table[i, 1:81].sum() > 0]
+    run_lists = [[i for i in eligible if all(i not in g for g in e.supports)] for e in episodes]
+    assert len({tuple(r) for r in run_lists}) > 1  # the supports (and so the lists) differ between runs
+    expected = replay_official_dataloader(run_lists, 50, test_num, 2023)
+    assert [list(e.queries) for e in episodes] == expected
+    sizes = [len(q) for q in expected]
+    if extra == 75 and test_num == 150:  # short batches count: 50+45+50, then 45+50+45 ...
+        assert sizes[:2] == [145, 140] and any(len(set(q)) < len(q) for q in expected)
+        own = [set(q) & {i for g in e.supports for i in g} for q, e in zip(expected, episodes)]
+        assert any(own)  # a run can hold its own supports (an iterator made during an earlier run)
+
+
+def test_diam_coco_queries_match_a_real_dataloader_with_workers():
+    coco, table = get_benchmark("coco20i"), coco_table(75)
+    episodes = make_episodes(coco, 0, 1, 4, 7, table, coco.evaluation_settings(max_queries=150))
+    eligible = [i for i in range(len(table)) if table[i, 1:81].sum() > 0]
+    run_lists = [[i for i in eligible if all(i not in g for g in e.supports)] for e in episodes]
+    assert [list(e.queries) for e in episodes] == real_dataloader(run_lists, 50, 150, 7)
+
+
+def test_a_query_cap_below_the_batch_is_refused_and_independent_keeps_its_permutation():
+    coco, table = get_benchmark("coco20i"), coco_table(30)
+    with pytest.raises(GFSSError, match="--queries 12 is below the official validation batch"):
+        make_episodes(coco, 0, 1, 2, 2023, table, coco.evaluation_settings(max_queries=12))
+    for episode in make_episodes(coco, 0, 1, 2, 2023, table, coco.evaluation_settings(max_queries=12),
+                                 sampler="independent"):
+        assert len(episode.queries) == 12 and len(set(episode.queries)) == 12
+
+
+def test_episodes_command_lists_the_official_coco_queries(tmp_path):
+    coco = get_benchmark("coco20i")
+    novel, base = coco.novel_classes(1), coco.base_classes(1)
+    labels = random_labels(novel, base, seed=5, plentiful=novel[:15], scarce=novel[15:], multi=10, count=150)
+    root = write_voc_folder(tmp_path / "coco", labels)
+    result = CliRunner().invoke(cli, ["episodes", "-b", "coco20i", "--data-root", str(root), "-f", "1", "-k", "5",
+                                      "--runs", "3", "--queries", "100", "--min-support-pixels", str(MIN_PIXELS),
+                                      "--format", "json"])
+    assert result.exit_code == 0, result.output
+    [document] = json.loads(result.stdout)
+    expected, _ = official_episodes(root, novel, base, 80, 5, 3, 2023, MIN_PIXELS)
+    eligible = [stem for stem, label in labels if ((label > 0) & (label != 255)).any()]  # in val.txt order
+    run_lists = [[s for s in eligible if s not in {x for c in novel for x in want[c]}] for want in expected]
+    replay = replay_official_dataloader(run_lists, 50, 100, 2023)
+    assert [run["queries"] for run in document["runs"]] == replay
+    assert [run["supports"] for run in document["runs"]] == [
+        {coco.class_names[c - 1]: want[c] for c in novel} for want in expected]
+    assert [(r["num_queries"], r["distinct_queries"]) for r in document["runs"]] == [
+        (len(q), len(set(q))) for q in replay]

@@ -109,11 +109,11 @@ def test_episode_file_support_without_its_class_is_refused(tmp_path):
     settings = bench.evaluation_settings()
     path = tmp_path / "episodes.json"
     path.write_text(json.dumps(_episode_document(bench, 0, names[:len(novel)])))
-    [episode] = EpisodeFile(path).make_episodes(bench, 0, 1, 1, 0, counts, settings, names)
+    [episode] = EpisodeFile(path).make_episodes(bench, 0, 1, 1, 0, counts, settings, names, names)
     assert episode.supports == tuple((i,) for i in range(len(novel)))
     path.write_text(json.dumps(_episode_document(bench, 0, names[:len(novel) - 1] + ["img5"])))
     with pytest.raises(GFSSError) as error:
-        EpisodeFile(path).make_episodes(bench, 0, 1, 1, 0, counts, settings, names)
+        EpisodeFile(path).make_episodes(bench, 0, 1, 1, 0, counts, settings, names, names)
     message = str(error.value)
     assert str(path) in message and "'img5'" in message and "holds no pixel of that class" in message
     last = bench.class_names[novel[-1] - 1]

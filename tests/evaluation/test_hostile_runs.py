@@ -179,3 +179,28 @@ def test_sweep_errors_name_the_sweep_file(bench, tmp_path, extra, message):
         result = CliRunner().invoke(cli, args)
         assert isinstance(result.exception, GFSSError), result.output
         assert str(result.exception).startswith(f"sweep config {path}: ") and message in str(result.exception)
+
+
+@pytest.mark.slow  # about 10 s on a loaded 2-core CPU (three BCM evaluations); the draws' replay is in test_bcm.py
+def test_bcm_resumed_at_a_later_run_draws_as_an_uninterrupted_evaluation(bench, tmp_path, monkeypatch):
+    """BCM's numpy stream continues across runs (docs/protocol.md §8 item 9): the run checkpoint carries it."""
+    spec = toy_spec(bench, "bcm", runs=2, options={"c_grid_size": 2})
+    [reference] = execute([spec], ResultStore(tmp_path / "whole"), segmenter_loader=CountingLoader())
+    store, save = ResultStore(tmp_path / "killed"), ResultStore.save_partial
+
+    def save_then_die(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        raise KeyboardInterrupt  # killed right after run 0's checkpoint
+
+    monkeypatch.setattr(ResultStore, "save_partial", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        execute([spec], store, segmenter_loader=CountingLoader())
+    monkeypatch.setattr(ResultStore, "save_partial", save)
+    stream = store.load_partial(spec.run_id)["method_stream"]
+    assert stream is not None and len(stream["keys"]) == 624
+    [resumed] = execute([spec], store, segmenter_loader=CountingLoader())
+    assert resumed["provenance"]["resumed_runs"] == 1 and confusions(resumed) == confusions(reference)
+    lost = ResultStore(tmp_path / "lost")  # not vacuous: resuming run 1 on a fresh stream scores differently
+    lost.save_partial(spec.run_id, spec.to_dict(), reference["runs"][:1], {"skipped_images": [], "method_stream": None})
+    [fresh] = execute([spec], lost, segmenter_loader=CountingLoader())
+    assert fresh["provenance"]["resumed_runs"] == 1 and confusions(fresh)[1:] != confusions(reference)[1:]

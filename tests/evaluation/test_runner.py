@@ -109,9 +109,9 @@ def test_scoring_takes_label_size_probabilities_as_they_are(monkeypatch):
 
 
 def test_runner_fits_once_per_episode_and_predicts_every_batch(tmp_path, monkeypatch):
-    from gfss_bench.methods import build_method
+    from gfss_bench.methods import Method, build_method
 
-    class Counting:
+    class Counting(Method):
         """Wraps `base`: counts fit calls and the batches each fitted object predicts."""
 
         is_oracle = False

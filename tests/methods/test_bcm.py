@@ -5,6 +5,7 @@ ensemble weighting on a toy case, background down-sampling and reproducibility."
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 
 import numpy as np
@@ -107,7 +108,7 @@ def ref_bcm(task, beta=0.5):
     xq = (qf ** beta).permute(0, 2, 3, 1).reshape(-1, c).numpy()
     for k, novel in table.items():
         models = []
-        for shot in ([None] + list(range(shots)) if shots > 1 else [None]):
+        for shot in (list(range(shots)) + [None] if shots > 1 else [None]):  # official order: per-shot models first
             xs, ys = [], []
             for img in range(n):
                 for s in (range(shots) if shot is None else [shot]):
@@ -227,24 +228,96 @@ def test_downsample_background():
     assert np.array_equal(downsample_background(few, rng), np.arange(5))  # no-op when 0 does not outnumber
 
 
-def test_reproducible_from_the_seed():
+def test_reproducible_from_the_evaluation_seed():
     task = task_for(2, 2)
     fast = dict(c_grid_size=3)
     a = build_method("bcm", **fast).fit(task)
-    b = build_method("bcm", **fast).fit(dataclasses.replace(task, support_features=task.support_features.clone()))
+    b = build_method("bcm", **fast).fit(dataclasses.replace(task, support_features=task.support_features.clone(),
+                                                            seed=task.seed + 1))  # the run's seed is not used
     for ea, eb in zip(a.entries, b.entries):
         for ha, hb in zip(ea.heads, eb.heads):
             assert np.array_equal(ha.coef, hb.coef) and ha.C == hb.C
-    other = build_method("bcm", **fast).fit(dataclasses.replace(task, seed=task.seed + 1))
+    other = build_method("bcm", **fast).fit(dataclasses.replace(task, evaluation_seed=task.evaluation_seed + 1))
     assert any(not np.array_equal(ha.coef, hb.coef) for ea, eb in zip(a.entries, other.entries)
                for ha, hb in zip(ea.heads, eb.heads))  # the down-sampling depends on the seed
-    unsampled = build_method("bcm", bg_sampling=False, **fast).fit(dataclasses.replace(task, seed=123))
+    unsampled = build_method("bcm", bg_sampling=False, **fast).fit(dataclasses.replace(task, evaluation_seed=123))
     again = build_method("bcm", bg_sampling=False, **fast).fit(task)
     assert all(np.array_equal(ha.coef, hb.coef) for ea, eb in zip(unsampled.entries, again.entries)
                for ha, hb in zip(ea.heads, eb.heads))  # without sampling the seed is irrelevant
 
 
-def brute_force_cv(x, y, grid, splits):
+# ------------------------------------------- the official numpy stream (docs/protocol.md §8 item 9), by hand
+
+def official_draws(tasks, seed, grid_size):
+    """§8 item 9 written out: RandomState(seed) once per evaluation; per run, per mapped base label k ascending,
+    the per-shot models then the all-shot model; per model, each of the 5 StratifiedKFold training folds, then all
+    pixels: np.random.choice(label-0 indices, size=second-largest count, replace=False) when label 0 outnumbers
+    it. Returns the kept label-0 indices of every draw, in order."""
+    stream, kept = np.random.RandomState(seed), []
+    for task in tasks:
+        small, nb = ref_small_labels(task), task.num_base_and_bg
+        n, shots = small.shape[:2]
+        for k, novel in ref_table(task).items():
+            for shot in list(range(shots)) + [None]:
+                part = small if shot is None else small[:, shot:shot + 1]
+                labels = part.reshape(-1)[part.reshape(-1) != 255]
+                y = np.array([novel.index(v) + 1 if v in novel else 0 for v in labels])
+                if len(set(y.tolist())) < 2:
+                    continue
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    trains = [train for train, _ in StratifiedKFold(5).split(y, y)]
+                for labels_used in [y[t] for t in trains] + [y]:
+                    counts = np.sort(np.bincount(labels_used))
+                    zeros = np.where(labels_used == 0)[0]
+                    if zeros.size > counts[-2]:
+                        kept.append(np.sort(stream.choice(zeros, size=counts[-2], replace=False)).tolist())
+    return kept
+
+
+def recorded_draws(monkeypatch):
+    """Every down-sampling bcm makes, as the kept label-0 indices (observed, not changed)."""
+    import gfss_bench.methods.bcm as bcm
+
+    seen, original = [], bcm.downsample_background
+
+    def recording(y, rng):
+        keep = original(y, rng)
+        if keep.size < y.size:
+            seen.append([int(i) for i in keep if y[i] == 0])
+        return keep
+
+    monkeypatch.setattr(bcm, "downsample_background", recording)
+    return seen
+
+
+def test_draws_replay_the_official_stream_across_runs_and_after_a_resume(monkeypatch):
+    tasks = [dataclasses.replace(task_for(5, seed), evaluation_seed=2023) for seed in (3, 4, 5)]
+    expected = official_draws(tasks, 2023, 2)
+    seen = recorded_draws(monkeypatch)
+    method = build_method("bcm", c_grid_size=2)
+    states = []
+    for task in tasks:
+        method.fit(task)
+        states.append(json.loads(json.dumps(method.stream_state())))  # what a run checkpoint stores
+    assert seen == expected and len(expected) > 3 * 6  # every fit of three 5-shot runs, per-shot models included
+    seen.clear()
+    resumed = build_method("bcm", c_grid_size=2)  # interrupted after run 0: runs 1 and 2 from the checkpoint
+    resumed.restore_stream_state(states[0])
+    for task in tasks[1:]:
+        resumed.fit(task)
+    later = len(seen)  # the draws of runs 1 and 2
+    assert seen == expected[-later:] and resumed.stream_state() == states[-1]
+    fresh = build_method("bcm", c_grid_size=2)
+    seen.clear()
+    fresh.fit(tasks[1])
+    run1 = expected[-later:][:len(seen)]
+    assert seen != run1 and [len(d) for d in seen] == [len(d) for d in run1]  # a fresh stream draws other pixels
+    with pytest.raises(ValueError, match="not a bcm stream state"):
+        fresh.restore_stream_state({"keys": [1, 2]})
+
+
+def brute_force_cv(x, y, grid, splits, logistic_regression=LogisticRegression):
     """docs/protocol.md §8 items 4 and 8 (no down-sampling): StratifiedKFold(splits), no shuffle; per C, the mean
     over folds of the mean AP over the validation classes the fold's model saw; folds whose training part
     holds one class cannot be fitted and are not counted."""
@@ -257,7 +330,7 @@ def brute_force_cv(x, y, grid, splits):
         for train, test in folds:
             if len(set(y[train].tolist())) < 2:
                 continue
-            model = LogisticRegression(C=C, max_iter=100, tol=1e-4).fit(x[train], y[train])
+            model = logistic_regression(C=C, max_iter=100, tol=1e-4).fit(x[train], y[train])
             per_fold.append(ap_scorer(model, x[test], y[test]))
         scores.append(np.mean(per_fold))
     return np.array(scores)
@@ -276,7 +349,7 @@ def test_cv_keeps_five_folds_when_a_class_has_fewer_pixels(counts):
     method = build_method("bcm", bg_sampling=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing reaches the user
-        C, scores = method.choose_c(x, y, [0, 0, 0])
+        C, scores = method.choose_c(x, y)
     grid = np.logspace(-5, 5, 10)
     expected = brute_force_cv(x, y, grid, 5)
     assert np.allclose(scores, expected, atol=1e-9)
@@ -291,15 +364,48 @@ def test_cv_falls_back_only_where_stratified_kfold_raises():
     with pytest.raises(ValueError):
         list(StratifiedKFold(n_splits=5).split(x, y))
     method = build_method("bcm", bg_sampling=False)
-    C, scores = method.choose_c(x, y, [0, 0, 0])
+    C, scores = method.choose_c(x, y)
     grid = np.logspace(-5, 5, 10)
     assert np.allclose(scores, brute_force_cv(x, y, grid, 4), atol=1e-9)  # the largest class count
-    C, scores = method.choose_c(x[:2], np.array([0, 1]), [0, 0, 0])
+    C, scores = method.choose_c(x[:2], np.array([0, 1]))
     assert C == pytest.approx(grid[4]) and scores is None  # one pixel per class: no CV, the middle C
 
 
-def test_version_is_bumped_for_the_official_cv():
-    assert build_method("bcm").version == 2
+def test_sklearnex_solver_is_the_official_one():
+    sklearnex = pytest.importorskip("sklearnex.linear_model",
+                                    reason="scikit-learn-intelex is not installed (pip install 'gfss-bench[intel]')")
+    x, y = cv_problem((60, 9, 20))
+    method = build_method("bcm", bg_sampling=False, solver="sklearnex", c_grid_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        C, scores = method.choose_c(x, y)
+        grid = np.logspace(-5, 5, 4)
+        expected = brute_force_cv(x, y, grid, 5, sklearnex.LogisticRegression)
+        assert np.allclose(scores, expected, atol=1e-9) and C == grid[int(np.argmax(expected))]
+        mine = method._logreg(x, y, 1.0)
+        theirs = LogisticRegression(C=1.0, max_iter=100, tol=1e-4).fit(x, y)
+    assert isinstance(mine, sklearnex.LogisticRegression)
+    assert not np.allclose(mine.coef_, theirs.coef_, atol=1e-6)  # not vacuous: another solver than scikit-learn's
+    task = task_for(2, 2)
+    fitted = build_method("bcm", solver="sklearnex", c_grid_size=2).fit(task)
+    assert fitted.entries and all(e.heads for e in fitted.entries)
+
+
+def test_sklearnex_solver_missing_or_on_another_machine(monkeypatch):
+    import platform
+    import sys
+
+    task = task_for(1, 0)
+    monkeypatch.setitem(sys.modules, "sklearnex.linear_model", None)  # as if not installed
+    with pytest.raises(GFSSError, match=r"pip install 'gfss-bench\[intel\]'"):
+        build_method("bcm", solver="sklearnex").fit(task)
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    with pytest.raises(GFSSError, match="built for x86-64 only .this machine is aarch64"):
+        build_method("bcm", solver="sklearnex").fit(task)
+
+
+def test_version_is_bumped_for_the_official_stream():
+    assert build_method("bcm").version == 3
 
 
 def test_ensemble_off_and_one_shot_fit_a_single_model():

@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 
+from gfss_bench.evaluation.spec import PROTOCOL_VERSION
 from gfss_bench.metrics import CONVENTIONS, scores
 from gfss_bench.protocols import BENCHMARKS
 
@@ -73,7 +74,7 @@ def make_result(method, fold, base, novel, *, runs=5, overrides=None, options=No
             "provenance": dict(provenance or PROVENANCE), **(extra or {})}
 
 
-CURRENT = {"protocol_version": 2, "method_version": 1, "episodes": "diam"}
+CURRENT = {"protocol_version": PROTOCOL_VERSION, "method_version": 1, "episodes": "diam"}
 
 
 def two_methods(**kwargs):
