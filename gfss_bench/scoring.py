@@ -44,17 +44,22 @@ def score_probabilities(probs: torch.Tensor, labels: torch.Tensor, num_classes: 
     return confusion
 
 
+def predicted_labels(probs: torch.Tensor, size) -> torch.Tensor:
+    """The argmax class of [Q, K, h, w] scores upsampled as `score_probabilities` does (bilinear, align_corners=True)
+    to `size`; scores already at that size are used as they are."""
+    if tuple(probs.shape[-2:]) != tuple(size):
+        probs = F.interpolate(probs, size=tuple(size), mode="bilinear", align_corners=True)
+    return probs.argmax(1)
+
+
 def query_confusions(probs: torch.Tensor, labels: torch.Tensor, num_classes: int, chunk: int = 16) -> torch.Tensor:
     """int64 [Q, K, K] on the CPU: `score_probabilities` of each query on its own (same upsampling and argmax), so
     their sum over queries is exactly the batch's confusion matrix."""
     labels = labels.to(probs.device)
-    at_label_size = tuple(probs.shape[-2:]) == tuple(labels.shape[-2:])
     out = []
     for start in range(0, probs.shape[0], chunk):
-        upsampled = probs[start:start + chunk]
-        if not at_label_size:
-            upsampled = F.interpolate(upsampled, size=labels.shape[-2:], mode="bilinear", align_corners=True)
-        prediction, target = upsampled.argmax(1), labels[start:start + chunk]
+        prediction = predicted_labels(probs[start:start + chunk], labels.shape[-2:])
+        target = labels[start:start + chunk]
         queries = torch.arange(len(target), device=target.device).view(-1, *([1] * (target.dim() - 1)))
         keep = target != IGNORE_LABEL
         if target[keep].numel() and (int(target[keep].max()) >= num_classes or int(target[keep].min()) < 0):

@@ -170,10 +170,11 @@ def _write(option: str, path: Path, text: str) -> None:
 
 @click.command()
 @RESULT_FILTERS
-@click.option("--kind", "kinds", multiple=True, type=click.Choice(["bars", "shots", "tradeoff", "classes", "all"]),
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["bars", "shots", "tradeoff", "classes", "confusion", "all"]),
               default=("all",), show_default=True,
               help="bars: base/novel/HM per method; shots: novel mIoU vs. shots; tradeoff: base vs. novel with "
-                   "iso-HM curves; classes: per-class IoU heat-map per fold (repeatable).")
+                   "iso-HM curves; classes: per-class IoU heat-map per fold; confusion: row-normalised confusion "
+                   "matrices and where each novel class's pixels go, per fold (repeatable).")
 @click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="plots", show_default=True,
               help="Folder for the figures.")

@@ -27,7 +27,7 @@ METRIC_STYLE = {  # metric column -> (legend label, colour, hatch)
     "hm_miou": ("harmonic mean", "#009E73", ".."),
 }
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-KINDS = ("bars", "shots", "tradeoff", "classes")
+KINDS = ("bars", "shots", "tradeoff", "classes", "confusion")
 
 
 def plain(text) -> str:
@@ -163,6 +163,9 @@ def make_figures(results: Iterable[dict], kinds: Sequence[str] = KINDS) -> list[
                 benchmark, protocol, convention, shot, fold = key
                 figures.append((f"classes-{benchmark}-{protocol}-{shot}shot-{convention}-fold{fold}",
                                 class_heatmap_figure(group, f"{group_title(*key[:4])}, fold {fold}: per-class IoU")))
+    if "confusion" in kinds:
+        from gfss_bench.results.confusion import confusion_figures
+        figures += confusion_figures(results)
     return figures
 
 
