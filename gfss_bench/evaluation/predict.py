@@ -82,14 +82,15 @@ def _panel(split, index: int, size: int, lut: np.ndarray) -> Panel:
     return Panel(split.names[index], shown, lut[mapped])
 
 
-def _data(spec: RunSpec, device: torch.device, data_root: Optional[Path], log: Callable[[str], None]):
+def _data(spec: RunSpec, device: torch.device, data_root: Optional[Path], log: Callable[[str], None],
+          segmenter_loader: Callable):
     """The episode data of `spec` with streamed features (nothing is extracted before it is asked for)."""
     benchmark = get_benchmark(spec.benchmark)
     split, counts, _ = _open_checked_split(benchmark, "val", data_root, False, log)
     support_split, support_counts = split, None
     if spec.evaluation.support_source == "train":
         support_split, support_counts, _ = _open_checked_split(benchmark, "train", data_root, False, log)
-    segmenter = as_loaded(SegmenterLoader()(spec, device)).segmenter
+    segmenter = as_loaded(segmenter_loader(spec, device)).segmenter
     weight, bias = segmenter.classifier_weight_and_bias()
     size = spec.evaluation.image_size
     queries = StreamedFeatures(Extractor(segmenter, split, size, device, spec.feature_precision))
@@ -102,9 +103,11 @@ def _data(spec: RunSpec, device: torch.device, data_root: Optional[Path], log: C
 
 
 def recompute(results: list[dict], run: int, query_names: list[str], stored_records: dict[str, Optional[dict]],
-              data_root: Optional[Path] = None, log: Callable[[str], None] = lambda message: None) -> Qualitative:
+              data_root: Optional[Path] = None, log: Callable[[str], None] = lambda message: None,
+              segmenter_loader: Optional[Callable] = None) -> Qualitative:
     """The chosen queries of run `run` with each result's prediction (results of one benchmark, protocol, fold and
-    shot, sharing the data and episode); `stored_records[run_id]` holds that run's per-query records, if any."""
+    shot, sharing the data and episode); `stored_records[run_id]` holds that run's per-query records, if any.
+    `segmenter_loader` builds the segmenter as in `runner.execute` (default: the built-in ones)."""
     specs = [spec_of(result) for result in results]
     first = specs[0]
     if len({(s.data_key[:4], s.episode_key(run)) for s in specs}) > 1:
@@ -113,7 +116,7 @@ def recompute(results: list[dict], run: int, query_names: list[str], stored_reco
     if not 0 <= run < min(s.runs for s in specs):
         raise GFSSError(f"--run {run}: the chosen results hold runs 0..{min(s.runs for s in specs) - 1}")
     device = resolve_device("auto" if first.device == "cuda" else first.device)
-    data, split, support_split = _data(first, device, data_root, log)
+    data, split, support_split = _data(first, device, data_root, log, segmenter_loader or SegmenterLoader())
     episode = data.episodes(first)[run]
     stored_supports = results[0]["runs"][run].get("support_images")
     if stored_supports is not None and stored_supports != data.support_names(episode):

@@ -28,8 +28,8 @@ def palette(num_base: int, num_novel: int) -> np.ndarray:
     beyond the episode are mid-grey."""
     colours = np.full((256, 3), 0.5)
     colours[0] = (0.0, 0.0, 0.0)
-    for i in range(num_base):  # hues from green to violet, alternating lightness so neighbours differ
-        hue = 0.30 + 0.45 * i / max(num_base - 1, 1)
+    for i in range(num_base):  # hues from green to blue, alternating lightness so neighbours differ
+        hue = 0.28 + 0.38 * i / max(num_base - 1, 1)
         colours[1 + i] = colorsys.hls_to_rgb(hue, 0.45 if i % 2 else 0.68, 0.55)
     for i in range(num_novel):
         if i < len(NOVEL_COLOURS):

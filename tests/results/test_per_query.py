@@ -12,21 +12,17 @@ import torch
 from click.testing import CliRunner
 
 from gfss_bench.cli import cli, main
-from gfss_bench.evaluation.runner import execute
-from gfss_bench.evaluation.spec import RunSpec
 from gfss_bench.results.store import ResultStore
 from gfss_bench.scoring import query_confusions, score_probabilities
-from tests.evaluation.test_runner import CountingLoader
 
-SPECS = [RunSpec.create(m, "synthetic5i", 0, "practical", 1, runs=2, evaluation={"image_size": 33})
-         for m in ("base", "imprint")]
+@pytest.fixture(scope="module")
+def stored(per_query_results):
+    return per_query_results[0]
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory):
-    path = tmp_path_factory.mktemp("per-query")
-    execute(SPECS, ResultStore(path), segmenter_loader=CountingLoader())
-    return path
+def specs(per_query_results):
+    return per_query_results[1]
 
 
 def invoke(*args):
@@ -52,9 +48,9 @@ def test_query_confusions_sum_to_the_batch_confusion():
     assert int(per_query[1].sum()) == int((labels[1] != 255).sum())
 
 
-def test_records_sum_to_each_runs_totals_and_are_sparse(stored):
+def test_records_sum_to_each_runs_totals_and_are_sparse(stored, specs):
     store = ResultStore(stored)
-    for spec in SPECS:
+    for spec in specs:
         result = store.load(store.path_for(spec.run_id))
         assert not any("queries" in run for run in result["runs"])  # kept out of the result file, in the sidecar
         records = store.load_query_records(result)
@@ -71,13 +67,13 @@ def test_records_sum_to_each_runs_totals_and_are_sparse(stored):
             assert np.array_equal(intersection, expected[0]) and np.array_equal(union, expected[1])
 
 
-def test_per_query_csv_sums_to_the_runs_totals(stored):
+def test_per_query_csv_sums_to_the_runs_totals(stored, specs):
     rows = list(csv.DictReader(io.StringIO(invoke("report", "--results-dir", str(stored), "--per-query",
                                                   "--format", "csv"))))
     assert {"method", "benchmark", "fold", "shot", "run", "query", "class", "intersection", "union",
             "iou"} <= set(rows[0])
     store = ResultStore(stored)
-    for spec in SPECS:
+    for spec in specs:
         result = store.load(store.path_for(spec.run_id))
         for run in result["runs"]:
             mine = [r for r in rows if r["method"] == spec.method and int(r["run"]) == run["run"]]
@@ -95,9 +91,9 @@ def _query_mious(store, spec):
             for kept in records for q in kept["queries"]}
 
 
-def test_worst_best_and_compare_follow_the_per_query_miou(stored):
+def test_worst_best_and_compare_follow_the_per_query_miou(stored, specs):
     store = ResultStore(stored)
-    base, imprint = (_query_mious(store, spec) for spec in SPECS)
+    base, imprint = (_query_mious(store, spec) for spec in specs)
     worst = list(csv.DictReader(io.StringIO(invoke("report", "--results-dir", str(stored), "-m", "imprint",
                                                    "--worst", "3", "--format", "csv"))))
     assert [float(r["miou"]) for r in worst] == pytest.approx(sorted(imprint.values())[:3], abs=1e-3)
@@ -112,9 +108,9 @@ def test_worst_best_and_compare_follow_the_per_query_miou(stored):
     assert "worst queries" in invoke("report", "--results-dir", str(stored), "--worst", "1")
 
 
-def test_results_without_records_still_report(stored, tmp_path):
+def test_results_without_records_still_report(stored, specs, tmp_path):
     store, old = ResultStore(stored), ResultStore(tmp_path)
-    for spec in SPECS:  # as stored before per-query records existed
+    for spec in specs:  # as stored before per-query records existed
         result = store.load(store.path_for(spec.run_id))
         old.save({k: v for k, v in result.items() if k not in ("query_records", "checksum")})
     assert "imprint" in invoke("report", "--results-dir", str(tmp_path))
@@ -124,9 +120,9 @@ def test_results_without_records_still_report(stored, tmp_path):
     assert result.stdout.strip().count("\n") == 0  # the header only
 
 
-def test_a_changed_sidecar_is_one_clear_error(stored, tmp_path, monkeypatch, capsys):
+def test_a_changed_sidecar_is_one_clear_error(stored, specs, tmp_path, monkeypatch, capsys):
     store = ResultStore(stored)
-    for spec in SPECS:
+    for spec in specs:
         (tmp_path / f"{spec.run_id}.json").write_bytes(store.path_for(spec.run_id).read_bytes())
         body = json.loads(gzip.decompress(store.queries_path_for(spec.run_id).read_bytes()))
         body["runs"][0]["queries"][0]["intersection"][0] += 1
