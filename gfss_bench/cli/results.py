@@ -149,7 +149,8 @@ def export(results_dir, benchmarks, protocols, shots, methods, conventions, outp
         text = exports.json_export(board, results)
     else:
         from gfss_bench.results.html import html_page
-        text = html_page(board)
+        folder = Path(out_path).expanduser().parent if out_path else None
+        text = html_page(board, results=results, qualitative_dir=folder)
     if out_path:
         _write("--out", Path(out_path), text)
         common.err_console.print(f"wrote {out_path}", markup=False, highlight=False)
@@ -183,12 +184,15 @@ def plot(results_dir, benchmarks, protocols, shots, methods, conventions, kinds,
     import matplotlib
 
     matplotlib.use("Agg")
-    from gfss_bench.results.plots import KINDS, make_figures, save_figures
+    from gfss_bench.results.plots import KINDS, board_labels, make_figures, save_figures
+    from gfss_bench.results.store import ResultStore
+    from gfss_bench.results.tables import filter_results
 
     results = load_results(results_dir, benchmarks, protocols, shots, methods, conventions)
     selected = KINDS if "all" in kinds else tuple(kinds)
+    every_label = board_labels(filter_results(ResultStore(Path(results_dir).expanduser()).load_all()[0]))
     try:
-        paths = save_figures(make_figures(results, selected), out_dir, fmt)
+        paths = save_figures(make_figures(results, selected, every_label), out_dir, fmt)
     except OSError as error:
         raise GFSSError(f"--out {out_dir} cannot be written ({error.strerror or error}); pick a writable folder") \
             from None

@@ -113,4 +113,5 @@ def test_dollar_signs_through_plot_and_html_export(tmp_path):
     assert sorted(kinds) == sorted(["bars", "tradeoff", "classes", "confusion", "novel"] * 2 + ["shots"])  # x 2 shots
     page = CliRunner().invoke(cli, ["export", "--results-dir", str(store.root), "--format", "html"])
     assert page.exit_code == 0, (page.output, page.exception)
-    assert "my $method$ (v$2)" in page.stdout and page.stdout.count("data:image/png;base64,") == 2 * 2
+    assert "my $method$ (v$2)" in page.stdout
+    assert page.stdout.count("data:image/png;base64,") == 2 * 3  # bars, trade-off, novel summary x 2 shots

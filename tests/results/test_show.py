@@ -65,11 +65,17 @@ def test_palette_keeps_novel_apart_from_base_and_ignore_distinct():
 
 def test_show_cli_writes_a_figure_and_refuses_bad_choices(per_query_results, tmp_path):
     folder = per_query_results[0]
-    out = tmp_path / "fig.png"
+    out = tmp_path / "show-synthetic5i-practical-1shot.png"  # where `export --format html` picks it up
     result = CliRunner().invoke(cli, ["show", "--results-dir", str(folder), "-m", "base", "-m", "imprint",
                                       "--run", "0", "--worst", "2", "--out", str(out), "--no-header"])
     assert result.exit_code == 0, result.output
     assert Image.open(out).size[0] == 1400  # 7 in at 200 dpi
+    page = tmp_path / "page.html"
+    exported = CliRunner().invoke(cli, ["export", "--results-dir", str(folder), "--format", "html", "--out",
+                                        str(page)])
+    assert exported.exit_code == 0, exported.output
+    html = page.read_text()
+    assert "where novel pixels go" in html and f'alt="{out.name}: rendered by gfss-bench show"' in html
     for args, message in ((["--worst", "2", "--out", "x.txt"], ".png, .pdf or .svg"),
                           (["--out", str(out)], "choose the queries one way"),
                           (["--query", "nope", "--out", str(out)], "is not among the queries")):
