@@ -75,7 +75,7 @@ def test_show_cli_writes_a_figure_and_refuses_bad_choices(per_query_results, tmp
                                         str(page)])
     assert exported.exit_code == 0, exported.output
     html = page.read_text()
-    assert "where novel pixels go" in html and f'alt="{out.name}: rendered by gfss-bench show"' in html
+    assert "pixels predicted as itself, background" in html and f'alt="{out.name}: rendered by gfss-bench show"' in html
     for args, message in ((["--worst", "2", "--out", "x.txt"], ".png, .pdf or .svg"),
                           (["--out", str(out)], "choose the queries one way"),
                           (["--query", "nope", "--out", str(out)], "is not among the queries")):
