@@ -270,7 +270,8 @@ def query_seeds(run_seed: int, val_indices: Iterable[int]) -> torch.Tensor:
 
 
 def _evaluate_episode(states: list[_SpecState], data: EvaluationData, episode: Episode, device: torch.device,
-                      batch_size: int, workers: Workers, on_batch: Callable[[int], None]
+                      batch_size: int, workers: Workers, on_batch: Callable[[int], None],
+                      on_phase: Callable[[str], None] = lambda phase: None
                       ) -> tuple[list[torch.Tensor], list[list[dict]]]:
     """Confusion matrices of every state's method on one episode (summed over all ranks), and each method's
     per-query records (`query_record`, in query order, gathered from all ranks).
@@ -281,14 +282,17 @@ def _evaluate_episode(states: list[_SpecState], data: EvaluationData, episode: E
     benchmark, spec0 = data.benchmark, states[0].spec
     num_classes = len(benchmark.episode_classes(spec0.fold))
     query_lut = torch.from_numpy(benchmark.episode_label_lut(spec0.fold).astype(np.int64))
+    on_phase("support features")
     support_task = _support_task(data, spec0, episode, device)
     fitted: list[Fitted] = []
     for state in states:
+        on_phase(f"fit {state.spec.method}")
         started = time.perf_counter()
         fitted.append(state.method.fit(support_task))
         state.method_seconds += time.perf_counter() - started
     confusions = [torch.zeros(num_classes, num_classes, dtype=torch.int64) for _ in states]
     records: list[list[tuple[int, list[dict]]]] = [[] for _ in states]  # per state: (batch number, its records)
+    on_phase("predict")
     local = workers.shard(list(enumerate(chunked(list(episode.queries), batch_size))))
     for (number, batch), (query_features, query_labels) in zip(local, data.queries.batches([b for _, b in local])):
         query_labels = query_lut[query_labels.long()].to(device)
@@ -492,10 +496,14 @@ def _evaluate_group(group: list[RunSpec], data: EvaluationData, device: torch.de
     methods = ", ".join(dict.fromkeys(spec.method for spec in group))
     started = time.perf_counter()
     with progress_bar(enabled=workers.is_main) as progress:
-        bar = progress.add_task(f"{methods} on {benchmark.name} fold {group[0].fold}", total=total)
-        for episode, members in plan:
-            confusions, queries = _evaluate_episode(members, data, episode, device, batch_size, workers,
-                                                    on_batch=lambda n: progress.advance(bar, n))
+        title = f"{methods} on {benchmark.name} fold {group[0].fold}"
+        bar = progress.add_task(title, total=total, runs_done=0, runs_total=len(plan))
+        for done, (episode, members) in enumerate(plan):
+            where = f"{title}, run {episode.run + 1}/{members[0].spec.runs}, {members[0].spec.shot}-shot"
+            progress.update(bar, runs_done=done, description=where)
+            confusions, queries = _evaluate_episode(
+                members, data, episode, device, batch_size, workers, on_batch=lambda n: progress.advance(bar, n),
+                on_phase=lambda phase, where=where: progress.update(bar, description=f"{where}: {phase}"))
             for state, confusion, records in zip(members, confusions, queries):
                 spec = state.spec
                 state.runs.append({
