@@ -5,6 +5,7 @@ novel class. Class names come from the result files."""
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -84,8 +85,12 @@ def matrix_figure(entries: list[Confusion], title: str = "") -> Figure:
     """One row-normalised matrix per method (side by side), base and novel blocks framed and labelled."""
     size = len(entries[0].names)
     side = min(7.0, max(3.0, 0.16 * size + 1.2))
-    figure = Figure(figsize=(side * len(entries) + 0.8, side + 0.6), layout="constrained")
-    axes = figure.subplots(1, len(entries), squeeze=False)[0]
+    ncols = min(2, len(entries))
+    nrows = -(-len(entries) // ncols)
+    figure = Figure(figsize=(side * ncols + 0.8, (side + 0.5) * nrows + 0.4), layout="constrained")
+    axes = figure.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(entries):]:
+        ax.set_axis_off()
     for ax, entry in zip(axes, entries):
         image = ax.imshow(np.ma.masked_invalid(row_normalised(entry.matrix)), cmap="Blues", vmin=0, vmax=1)
         names = [_plain(n) for n in entry.names]
@@ -103,11 +108,11 @@ def matrix_figure(entries: list[Confusion], title: str = "") -> Figure:
         ax.set_title(_plain(entry.label), fontsize=9)
         for start, stop, name in ((1, entry.num_base + 1, "base"), (entry.num_base + 1, size, "novel")):
             if stop > start:
-                ax.text((start + stop - 1) / 2, 1.01, name, transform=ax.get_xaxis_transform(), ha="center",
-                        va="bottom", fontsize=8, color="#D55E00" if name == "novel" else "black")
-    figure.colorbar(image, ax=list(axes), label="share of the ground-truth class's pixels", fraction=0.03)
+                ax.text((start + stop - 1) / 2, -0.5, name, ha="center", va="bottom", fontsize=7,
+                        color="#D55E00" if name == "novel" else "0.3")
+    figure.colorbar(image, ax=list(axes), label="share of the ground-truth class's pixels", shrink=0.6)
     if title:
-        figure.suptitle(_plain(title), fontsize=9, wrap=True)
+        figure.suptitle(textwrap.fill(_plain(title), int(figure.get_figwidth() * 13)), fontsize=9)
     return figure
 
 
@@ -138,7 +143,7 @@ def summary_figure(entries: list[Confusion], title: str = "") -> Figure:
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncols=4, fontsize=7, frameon=False)
     if title:
-        figure.suptitle(_plain(title), fontsize=9)
+        figure.suptitle(textwrap.fill(_plain(title), int(figure.get_figwidth() * 13)), fontsize=9)
     return figure
 
 

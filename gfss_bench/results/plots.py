@@ -10,6 +10,7 @@ figures draw the own rows of a `board.Leaderboard` group, with its labels and or
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -18,7 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from gfss_bench.results.board import Group, Leaderboard
-from gfss_bench.results.tables import GROUP_COLUMNS, group_title, per_class_frame, per_class_matrix
+from gfss_bench.results.tables import GROUP_COLUMNS, convention_title, group_title, per_class_frame, per_class_matrix
 
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
 METRIC_STYLE = {  # metric column -> (legend label, colour, hatch)
@@ -35,9 +36,11 @@ Style = tuple[str, str]  # (colour, marker) of one method label
 
 def method_styles(labels: Iterable[str]) -> dict[str, Style]:
     """One (colour, marker) per label, assigned over all the given labels in sorted order, so that a method keeps
-    its style in every figure drawn from the same results folder (pass every stored label, not one figure's)."""
+    its style in every figure drawn from the same results folder (pass every stored label, not one figure's).
+    Okabe-Ito's yellow is left out: too pale for a marker or a line on white."""
+    colours = [c for c in OKABE_ITO if c != "#F0E442"]
     ordered = sorted(set(labels))
-    return {label: (OKABE_ITO[i % len(OKABE_ITO)], MARKERS[(i + i // len(OKABE_ITO)) % len(MARKERS)])
+    return {label: (colours[i % len(colours)], MARKERS[(i + i // len(colours)) % len(MARKERS)])
             for i, label in enumerate(ordered)}
 
 
@@ -54,6 +57,11 @@ def plain(text) -> str:
 
 def _labels(group: Group) -> list[str]:
     return [plain(row.label + (" (incomplete)" if row.incomplete else "")) for row in group.own_rows()]
+
+
+def _title(ax, figure: Figure, title: str) -> None:
+    """The axes title in 9 pt, wrapped to the figure's width (about 13 characters per inch)."""
+    ax.set_title(textwrap.fill(plain(title), int(figure.get_figwidth() * 13)), fontsize=9)
 
 
 def _labels_plain(group: Group) -> list[str]:
@@ -81,7 +89,7 @@ def bars_figure(group: Group, title: str = "") -> Figure:
     ax.set_xticks(x, labels, rotation=20 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylabel("mIoU (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(plain(title), fontsize=9, wrap=True, pad=8)
+    _title(ax, figure, title)
     figure.legend(fontsize=8, ncols=3, loc="outside lower center", frameon=False)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
@@ -104,16 +112,15 @@ def shots_figure(groups: Sequence[Group], title: str = "", styles: Optional[dict
         ax.errorbar(rows["shot"].to_numpy(), rows["novel"].to_numpy(dtype=float),
                     yerr=np.where(np.isnan(std), 0, std), label=plain(label), color=colour, marker=marker,
                     capsize=3, linewidth=1.5)
-    if single:
-        figure.text(0.01, 0.005, plain("stored at one shot count only (not drawn): " + ", ".join(single)),
-                    fontsize=6, color="0.35", ha="left", va="bottom", wrap=True)
+
     shots = sorted({group.shot for group in groups})
     ax.set_xticks(shots, [str(s) for s in shots])
     ax.set_xlabel("shots per novel class (K)")
     ax.set_ylabel("novel mIoU (%)")
-    ax.set_title(plain(title), fontsize=9)
+    _title(ax, figure, title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
+    note = textwrap.fill(plain("not drawn, one shot count stored: " + ", ".join(single)), 40) if single else None
+    ax.legend(fontsize=8, frameon=False, title=note, title_fontsize=6, alignment="left")
     return figure
 
 
@@ -141,7 +148,7 @@ def tradeoff_figure(group: Group, title: str = "", iso_hm: Sequence[float] = (20
     ax.set_ylim(0, 100)
     ax.set_xlabel("base mIoU (%)")
     ax.set_ylabel("novel mIoU (%)")
-    ax.set_title(plain(title), fontsize=9)
+    _title(ax, figure, title)
     ax.legend(fontsize=8, frameon=False, loc="upper left")
     return figure
 
@@ -170,7 +177,7 @@ def class_heatmap_figure(frame: pd.DataFrame, title: str = "", order: Sequence[s
             tick.set_color("#D55E00")
     ax.set_yticks(range(len(matrix.columns)), [plain(c) for c in matrix.columns], fontsize=8)
     ax.set_xlabel("class (novel classes in bold orange)")
-    ax.set_title(plain(title), fontsize=9)
+    _title(ax, figure, title)
     figure.colorbar(image, ax=ax, label="IoU (%)", fraction=0.04)
     return figure
 
@@ -197,7 +204,7 @@ def make_figures(results: Iterable[dict], kinds: Sequence[str] = KINDS, style_la
             by_setting.setdefault((group.benchmark, group.protocol, group.convention), []).append(group)
         for key, groups in by_setting.items():
             if len(groups) > 1:
-                title = f"{key[0]}, {key[1]} protocol, {key[2]} metrics"
+                title = f"{key[0]}, {key[1]} protocol, {convention_title(key[2])}"
                 figures.append((f"shots-{'-'.join(key)}", shots_figure(groups, title, styles)))
     if "classes" in kinds:
         classes = per_class_frame(results)
