@@ -179,7 +179,9 @@ def _write(option: str, path: Path, text: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="plots", show_default=True,
               help="Folder for the figures.")
-def plot(results_dir, benchmarks, protocols, shots, methods, conventions, kinds, fmt, out_dir):
+@click.option("--dpi", type=click.IntRange(min=50, max=1200), default=200, show_default=True,
+              help="Resolution of png figures.")
+def plot(results_dir, benchmarks, protocols, shots, methods, conventions, kinds, fmt, out_dir, dpi):
     """Draw figures from stored results (one file per figure)."""
     import matplotlib
 
@@ -192,7 +194,7 @@ def plot(results_dir, benchmarks, protocols, shots, methods, conventions, kinds,
     selected = KINDS if "all" in kinds else tuple(kinds)
     every_label = board_labels(filter_results(ResultStore(Path(results_dir).expanduser()).load_all()[0]))
     try:
-        paths = save_figures(make_figures(results, selected, every_label), out_dir, fmt)
+        paths = save_figures(make_figures(results, selected, every_label), out_dir, fmt, dpi)
     except OSError as error:
         raise GFSSError(f"--out {out_dir} cannot be written ({error.strerror or error}); pick a writable folder") \
             from None

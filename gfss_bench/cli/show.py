@@ -35,10 +35,12 @@ DEFAULT_COUNT = 4  # queries shown by --compare without --best/--worst
 @click.option("--width-in", type=click.FloatRange(min=2.0, max=30.0), default=7.0, show_default=True,
               help="Figure width in inches (7 fits a two-column paper's full width).")
 @click.option("--no-header", is_flag=True, help="Leave out the support set row (a compact figure).")
+@click.option("--dpi", type=click.IntRange(min=50, max=1200), default=200, show_default=True,
+              help="Resolution of a png figure.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Where the benchmark's data lives (as given to `run`).")
 def show(results_dir, benchmarks, protocols, shots, methods, fold, run, query_names, worst, best, compare, out_path,
-         width_in, no_header, data_root):
+         width_in, no_header, dpi, data_root):
     """Draw chosen queries: image, ground truth and each method's prediction, under the support set."""
     import matplotlib
 
@@ -64,7 +66,8 @@ def show(results_dir, benchmarks, protocols, shots, methods, fold, run, query_na
                       records, Path(data_root).expanduser() if data_root else None, common.log)
     drawn = figure(shown, width_in, header=not no_header)
     try:
-        drawn.savefig(Path(out_path).expanduser(), dpi=200)
+        drawn.savefig(Path(out_path).expanduser(), dpi=dpi, metadata={"Software": "gfss-bench"} if suffix == ".png"
+                      else None)
     except OSError as error:
         raise GFSSError(f"--out {out_path} cannot be written ({error.strerror or error}); pick a writable path") \
             from None

@@ -130,12 +130,13 @@ def summary_figure(entries: list[Confusion], title: str = "") -> Figure:
             values = summary[column].fillna(0).to_numpy()
             ax.barh(y, values, left=left, color=colour, hatch=hatch, edgecolor="white", linewidth=0.5, label=name)
             left += values
-        for row_y, (_, row) in zip(y, summary.iterrows()):
-            if row["top_base"] and row["base"] >= 1:
-                ax.text(101, row_y, f"{_plain(row['top_base'])} {row['top_base_share']:.0f}%", va="center",
-                        fontsize=6, color="#0072B2")
+        named = [(row_y, row) for row_y, (_, row) in zip(y, summary.iterrows())
+                 if row["top_base"] and row["top_base_share"] >= 1]
+        for row_y, row in named:
+            ax.text(101, row_y, f"{_plain(row['top_base'])} {row['top_base_share']:.0f}%", va="center",
+                    fontsize=6, color="#0072B2")
         ax.set_yticks(y, [_plain(c) for c in summary["class"]], fontsize=8)
-        ax.set_xlim(0, 135)
+        ax.set_xlim(0, 135 if named else 100)  # room for the top base class names
         ax.set_xticks([0, 25, 50, 75, 100])
         ax.set_xlabel("share of the class's pixels (%)", fontsize=8)
         ax.set_title(_plain(entry.label), fontsize=9)
