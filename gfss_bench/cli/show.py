@@ -21,7 +21,7 @@ DEFAULT_COUNT = 4  # queries shown by --compare without --best/--worst
 @click.option("--shot", "-k", "shots", multiple=True, type=int, help="Only this shot count.")
 @click.option("--method", "-m", "methods", multiple=True, required=True,
               help="A method (name or full label) whose prediction gets a column (repeatable); base adds the base "
-                   "segmenter's.")
+                   "segmenter's, also when no base result is stored.")
 @click.option("--fold", type=int, default=0, show_default=True)
 @click.option("--run", "run", type=int, default=0, show_default=True, help="The run (support set) to show.")
 @click.option("--query", "query_names", multiple=True, metavar="STEM", help="A query image by name (repeatable).")
@@ -57,13 +57,17 @@ def show(results_dir, benchmarks, protocols, shots, methods, fold, run, query_na
         raise GFSSError("choose the queries one way: --query STEM (repeatable), --worst N, --best N or --compare A B")
     results = [r for r in load_results(results_dir, benchmarks, protocols, shots, methods, ())
                if r["spec"]["fold"] == fold]
+    base_column = "base" in methods and not any(r["spec"]["method"] == "base" for r in results)
+    methods = tuple(m for m in methods if not (base_column and m == "base"))  # computed without a stored result
+    if not methods:
+        raise GFSSError("-m: name at least one method with stored results besides base")
     results = _one_per_method(results, methods)
     store = ResultStore(Path(results_dir).expanduser())
     records = {r["run_id"]: _run_records(store, r, run) for r in results}
     if not query_names:
         query_names = _chosen_queries(results, records, worst, best, compare)
-    shown = recompute(results, run, list(dict.fromkeys(query_names)),
-                      records, Path(data_root).expanduser() if data_root else None, common.log)
+    shown = recompute(results, run, list(dict.fromkeys(query_names)), records,
+                      Path(data_root).expanduser() if data_root else None, common.log, base_column=base_column)
     drawn = figure(shown, width_in, header=not no_header)
     try:
         drawn.savefig(Path(out_path).expanduser(), dpi=dpi, metadata={"Software": "gfss-bench"} if suffix == ".png"

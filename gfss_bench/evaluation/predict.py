@@ -22,6 +22,7 @@ from gfss_bench.errors import GFSSError
 from gfss_bench.evaluation.runner import (
     EvaluationData, _open_checked_split, _support_task, query_record, query_seeds)
 from gfss_bench.evaluation.spec import RunSpec, resolve_device
+from gfss_bench.methods import build_method
 from gfss_bench.models.families import SegmenterLoader, as_loaded
 from gfss_bench.models.features import Extractor, StreamedFeatures
 from gfss_bench.protocols import get_benchmark, get_protocol
@@ -104,9 +105,10 @@ def _data(spec: RunSpec, device: torch.device, data_root: Optional[Path], log: C
 
 def recompute(results: list[dict], run: int, query_names: list[str], stored_records: dict[str, Optional[dict]],
               data_root: Optional[Path] = None, log: Callable[[str], None] = lambda message: None,
-              segmenter_loader: Optional[Callable] = None) -> Qualitative:
+              segmenter_loader: Optional[Callable] = None, base_column: bool = False) -> Qualitative:
     """The chosen queries of run `run` with each result's prediction (results of one benchmark, protocol, fold and
     shot, sharing the data and episode); `stored_records[run_id]` holds that run's per-query records, if any.
+    `base_column` adds the base segmenter's prediction first (when no stored `base` result was chosen).
     `segmenter_loader` builds the segmenter as in `runner.execute` (default: the built-in ones)."""
     specs = [spec_of(result) for result in results]
     first = specs[0]
@@ -117,17 +119,8 @@ def recompute(results: list[dict], run: int, query_names: list[str], stored_reco
         raise GFSSError(f"--run {run}: the chosen results hold runs 0..{min(s.runs for s in specs) - 1}")
     device = resolve_device("auto" if first.device == "cuda" else first.device)
     data, split, support_split = _data(first, device, data_root, log, segmenter_loader or SegmenterLoader())
-    episode = data.episodes(first)[run]
-    stored_supports = results[0]["runs"][run].get("support_images")
-    if stored_supports is not None and stored_supports != data.support_names(episode):
-        raise GFSSError(f"the data changed since the result was stored: run {run}'s support images are now "
-                        f"{data.support_names(episode)[0][:3]}..., not the stored {stored_supports[0][:3]}...; "
-                        "point --data-root at the data it was computed on")
-    positions = {name: i for i, name in enumerate(split.names)}
-    missing = [name for name in query_names if positions.get(name) not in set(episode.queries)]
-    if missing:
-        raise GFSSError(f"--query {missing[0][:100]!r} is not among the queries of fold {first.fold} run {run}")
-    indices = [positions[name] for name in query_names]
+    episode = _stored_episode(data, first, run, results[0])
+    indices = _query_indices(split, episode, query_names, first.fold, run)
     benchmark, size = data.benchmark, first.evaluation.image_size
     query_lut = benchmark.episode_label_lut(first.fold).astype(np.int64)
     queries = [_panel(split, i, size, query_lut) for i in indices]
@@ -136,21 +129,43 @@ def recompute(results: list[dict], run: int, query_names: list[str], stored_reco
     features, labels = next(data.queries.batches([indices]))
     labels = torch.from_numpy(query_lut)[labels.long()].to(device)
     support_task = _support_task(data, first, episode, device)
-    num_classes = len(benchmark.episode_classes(first.fold))
-    for spec, result in zip(specs, results):
-        method = spec.build()
-        task = dataclasses.replace(support_task, query_features=features, query_valid=labels != 255,
-                                   query_labels=labels if method.is_oracle else None,
-                                   query_seeds=query_seeds(episode.seed, indices))
-        probs = method.fit(support_task).predict(task).float()
+    task = dataclasses.replace(support_task, query_features=features, query_valid=labels != 255,
+                               query_seeds=query_seeds(episode.seed, indices))
+    columns = [("base", build_method("base"), None)] if base_column else []
+    columns += [(result_label(result), spec.build(), result) for spec, result in zip(specs, results)]
+    for label, method, result in columns:
+        fitted = method.fit(support_task)
+        probs = fitted.predict(dataclasses.replace(task, query_labels=labels if method.is_oracle else None)).float()
         predicted = predicted_labels(probs, labels.shape[-2:]).cpu().numpy()
         for panel, prediction in zip(queries, predicted):
-            panel.predictions[result_label(result)] = prediction[:panel.label.shape[0], :panel.label.shape[1]]
-        _check_stored(result, stored_records.get(result["run_id"]), query_names,
-                      query_confusions(probs, labels, num_classes), log)
-    return Qualitative(queries, supports, [result_label(r) for r in results],
+            panel.predictions[label] = prediction[:panel.label.shape[0], :panel.label.shape[1]]
+        if result is not None:
+            _check_stored(result, stored_records.get(result["run_id"]), query_names,
+                          query_confusions(probs, labels, len(benchmark.episode_classes(first.fold))), log)
+    return Qualitative(queries, supports, [label for label, _, _ in columns],
                        list(benchmark.episode_class_names(first.fold)), len(benchmark.base_classes(first.fold)),
                        f"{benchmark.name}, {first.protocol} protocol, {first.shot}-shot, fold {first.fold}, run {run}")
+
+
+def _stored_episode(data: EvaluationData, spec: RunSpec, run: int, result: dict):
+    """Run `run`'s episode, refused when its support images are not the stored ones (the data changed)."""
+    episode = data.episodes(spec)[run]
+    stored = result["runs"][run].get("support_images") if run < len(result.get("runs", [])) else None
+    if stored is not None and stored != data.support_names(episode):
+        raise GFSSError(f"the data changed since the result was stored: run {run}'s support images are now "
+                        f"{data.support_names(episode)[0][:3]}..., not the stored {stored[0][:3]}...; "
+                        "point --data-root at the data it was computed on")
+    return episode
+
+
+def _query_indices(split, episode, names: list[str], fold: int, run: int) -> list[int]:
+    """The val indices of the named queries, each of which must be among the episode's queries."""
+    positions = {name: i for i, name in enumerate(split.names)}
+    candidates = set(episode.queries)
+    missing = [name for name in names if positions.get(name) not in candidates]
+    if missing:
+        raise GFSSError(f"--query {missing[0][:100]!r} is not among the queries of fold {fold} run {run}")
+    return [positions[name] for name in names]
 
 
 def _check_stored(result: dict, records: Optional[dict], names: list[str], confusions: torch.Tensor,

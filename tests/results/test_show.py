@@ -53,6 +53,10 @@ def test_show_draws_the_requested_panels_and_the_true_labels(per_query_results):
         assert np.array_equal(np.asarray(drawn_truth), colours[expected])
     assert {c for c in np.unique(expected)} & {255}  # ignore borders are drawn too (white)
     assert not any(ax.get_title().startswith("support") for ax in figure(shown, header=False).get_axes())
+    without_base = recompute(results[1:], 1, names, records, segmenter_loader=loader, base_column=True)
+    assert without_base.methods == ["base", "imprint"]  # the base column needs no stored base result
+    for computed, stored in zip(without_base.queries, shown.queries):
+        assert np.array_equal(computed.predictions["base"], stored.predictions["base"])
 
 
 def test_palette_keeps_novel_apart_from_base_and_ignore_distinct():
