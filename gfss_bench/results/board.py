@@ -207,9 +207,9 @@ def _notes(rows: list[Row], newest_protocol: int) -> tuple[str, ...]:
               f"(v{newest_protocol}): other inputs or support sets, not comparable; shown for reference, never best"
               for v in older]
     if any(row.method == "imprint" or row.method.startswith("imprint(") for row in own):
-        notes.append("imprint: the novel prototypes are mean support features (non-negative after the ReLU) scaled "
-                     "to the base weights' norm, with no bias and no training, so they score high on most pixels and "
-                     "take many base pixels: a low base mIoU is what plain imprinting gives")
+        notes.append("imprint: each novel prototype is a mean support feature scaled to the base weights' norm, "
+                     "with no bias and no training; such a prototype correlates with most pixels' features and takes "
+                     "many base pixels, so a low base mIoU is what plain imprinting gives")
     if any(row.older_version and row.details["protocol_version"] == newest_protocol for row in own):
         notes.append("[method vN]: an older version of the method than the newest stored (its numerics changed "
                      "since); shown for reference, never best")
