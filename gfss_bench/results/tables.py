@@ -278,13 +278,14 @@ def format_value(value: float, std: Optional[float] = None) -> str:
 
 
 CONVENTION_TITLES = {  # the metric convention as titles name it: never just "diam", which is also a method
-    "diam": "mIoU without background (--convention diam)",
-    "pop": "mIoU with background as a base class (--convention pop)",
+    "diam": "mIoU without background",
+    "pop": "mIoU with background as a base class",
 }
 
 
 def convention_title(convention: str) -> str:
-    return CONVENTION_TITLES.get(convention, f"--convention {convention} mIoU")
+    """What a metric convention (`--convention`) measures, in words."""
+    return CONVENTION_TITLES.get(convention, f"{convention} metric convention")
 
 
 def sampler_title(episodes: str) -> str:
