@@ -171,7 +171,8 @@ def _write(option: str, path: Path, text: str) -> None:
 
 @click.command()
 @RESULT_FILTERS
-@click.option("--kind", "kinds", multiple=True, type=click.Choice(["bars", "shots", "tradeoff", "classes", "confusion", "all"]),
+@click.option("--kind", "kinds", multiple=True,
+              type=click.Choice(["bars", "shots", "tradeoff", "classes", "confusion", "all"]),
               default=("all",), show_default=True,
               help="bars: base/novel/HM per method; shots: novel mIoU vs. shots; tradeoff: base vs. novel with "
                    "iso-HM curves; classes: per-class IoU heat-map per fold; confusion: row-normalised confusion "

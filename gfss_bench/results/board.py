@@ -22,9 +22,8 @@ from typing import Any, Iterable, Mapping, Optional
 
 import pandas as pd
 
-from gfss_bench.results.tables import (GROUP_COLUMNS, group_metrics, group_title, leaderboard, sampler_title,
-                                      signed_text,
-                                      row_marks, sort_board)
+from gfss_bench.results.tables import (GROUP_COLUMNS, group_metrics, group_title, leaderboard, row_marks,
+                                      sampler_title, signed_text, sort_board)
 
 NAN = float("nan")
 DETAIL_COLUMNS = ["segmenter", "segmenter_ids", "runs", "seed", "protocol_version", "method_version", "episodes",

@@ -100,9 +100,9 @@ def matrix_figure(entries: list[Confusion], title: str = "") -> Figure:
         for edge in (0.5, entry.num_base + 0.5):
             ax.axhline(edge, color="#D55E00", linewidth=0.9)
             ax.axvline(edge, color="#D55E00", linewidth=0.9)
-        novel_ticks = [t for i, t in enumerate(ax.get_xticklabels() + ax.get_yticklabels()) if i % size > entry.num_base]
-        for tick in novel_ticks:
-            tick.set_color("#D55E00")
+        for index, tick in enumerate(ax.get_xticklabels() + ax.get_yticklabels()):
+            if index % size > entry.num_base:  # a novel class
+                tick.set_color("#D55E00")
         ax.set_xlabel("prediction (novel classes in orange)", fontsize=8)
         ax.set_ylabel("ground truth", fontsize=8)
         ax.set_title(_plain(entry.label), fontsize=9)

@@ -7,7 +7,6 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from matplotlib.collections import PathCollection
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.image import AxesImage
 

@@ -4,7 +4,6 @@ palette; and `plot --kind confusion`."""
 import io
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 from PIL import Image
 
