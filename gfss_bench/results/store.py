@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -91,7 +92,7 @@ class ResultStore:
             if len(data) > MAX_QUERIES_BYTES:
                 raise ValueError(f"{path.name} holds more than {MAX_QUERIES_BYTES >> 20} MiB")
             sidecar = parse_json(data)
-        except (OSError, EOFError, gzip.BadGzipFile, InputProblem) as error:
+        except (OSError, EOFError, zlib.error, InputProblem) as error:  # BadGzipFile is an OSError
             reason = getattr(error, "strerror", None) or error
             raise ValueError(f"{path.name} cannot be read: {reason}") from None
         if not isinstance(sidecar, dict) or sidecar.get("checksum") != info.get("checksum") \
@@ -221,7 +222,7 @@ def _query_runs_problem(runs: Any) -> Optional[str]:
             return "a run is not a mapping with an integer 'run' and a list of 'queries'"
         for query in queries:
             if not (isinstance(query, dict) and isinstance(query.get("query"), str)
-                    and all(isinstance(query.get(key), list) and all(_is_int(v) for v in query[key])
+                    and all(isinstance(query.get(key), list) and all(_is_int(v) and v >= 0 for v in query[key])
                             for key in ("classes", "intersection", "union"))
                     and len(query["classes"]) == len(query["intersection"]) == len(query["union"])):
                 return f"run {run['run']} holds a malformed query record"

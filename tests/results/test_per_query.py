@@ -133,3 +133,19 @@ def test_a_changed_sidecar_is_one_clear_error(stored, specs, tmp_path, monkeypat
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "checksum mismatch" in error and "--force" in error and "Traceback" not in error
+
+
+def test_a_truncated_or_foreign_sidecar_is_refused(stored, specs, tmp_path):
+    store, copy = ResultStore(stored), ResultStore(tmp_path)
+    result = store.load(store.path_for(specs[0].run_id))
+    data = store.queries_path_for(specs[0].run_id).read_bytes()
+    for damaged in (data[:len(data) // 2], data[:10] + bytes(len(data) - 10), b"not gzip at all"):
+        copy.queries_path_for(result["run_id"]).write_bytes(damaged)
+        with pytest.raises(ValueError, match="cannot be read"):
+            copy.load_query_records(result)
+    copy.queries_path_for(result["run_id"]).write_bytes(store.queries_path_for(specs[1].run_id).read_bytes())
+    with pytest.raises(ValueError, match="checksum mismatch"):  # another result's records
+        copy.load_query_records(result)
+    copy.queries_path_for(result["run_id"]).unlink()
+    with pytest.raises(ValueError, match="cannot be read"):
+        copy.load_query_records(result)
