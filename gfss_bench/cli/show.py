@@ -39,14 +39,17 @@ DEFAULT_COUNT = 4  # queries shown by --compare without --best/--worst
               help="Resolution of a png figure.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Where the benchmark's data lives (as given to `run`).")
+@click.option("--segmenter", "segmenter_ref", default=None, metavar="FAMILY:REF",
+              help="The base segmenter's weights, as given to `run` (the built-in ones need nothing).")
+@click.option("--checkpoint", default=None, help="A PSPNet checkpoint (folder), as given to `run`.")
 def show(results_dir, benchmarks, protocols, shots, methods, fold, run, query_names, worst, best, compare, out_path,
-         width_in, no_header, dpi, data_root):
+         width_in, no_header, dpi, data_root, segmenter_ref, checkpoint):
     """Draw chosen queries: image, ground truth and each method's prediction, under the support set."""
     import matplotlib
 
     matplotlib.use("Agg")
     from gfss_bench.cli.common import load_results
-    from gfss_bench.evaluation.predict import recompute
+    from gfss_bench.evaluation.predict import recompute, segmenter_loader_for
     from gfss_bench.results.qualitative import figure
     from gfss_bench.results.store import ResultStore
 
@@ -66,8 +69,9 @@ def show(results_dir, benchmarks, protocols, shots, methods, fold, run, query_na
     records = {r["run_id"]: _run_records(store, r, run) for r in results}
     if not query_names:
         query_names = _chosen_queries(results, records, worst, best, compare)
+    loader = segmenter_loader_for(results[0], segmenter_ref, checkpoint)
     shown = recompute(results, run, list(dict.fromkeys(query_names)), records,
-                      Path(data_root).expanduser() if data_root else None, common.log, base_column=base_column)
+                      Path(data_root).expanduser() if data_root else None, common.log, loader, base_column)
     drawn = figure(shown, width_in, header=not no_header)
     try:
         drawn.savefig(Path(out_path).expanduser(), dpi=dpi, metadata={"Software": "gfss-bench"} if suffix == ".png"

@@ -69,6 +69,19 @@ def spec_of(result: dict) -> RunSpec:
     return spec
 
 
+def segmenter_loader_for(result: dict, segmenter_ref: Optional[str], checkpoint: Optional[str]) -> SegmenterLoader:
+    """A loader holding the weights given as `run` takes them (--segmenter FAMILY:REF or --checkpoint PATH); a
+    result whose spec names other weights (changed or missing files) is then refused when it is loaded."""
+    from gfss_bench.evaluation.plan import _segmenters
+
+    loader = SegmenterLoader()
+    if segmenter_ref is not None or checkpoint is not None:
+        spec = result["spec"]
+        _segmenters(loader, segmenter_ref, checkpoint, get_benchmark(spec["benchmark"]), [spec["fold"]],
+                    [spec["protocol"]], resolve_device("cpu"))
+    return loader
+
+
 def _display(image: torch.Tensor, label: torch.Tensor, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The normalised image back to RGB 0..1 and the label, both cropped to the resized image (no padding)."""
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
