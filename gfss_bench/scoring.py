@@ -42,3 +42,39 @@ def score_probabilities(probs: torch.Tensor, labels: torch.Tensor, num_classes: 
             upsampled = F.interpolate(upsampled, size=labels.shape[-2:], mode="bilinear", align_corners=True)
         confusion += confusion_matrix(upsampled.argmax(1), labels[start:start + chunk], num_classes)
     return confusion
+
+
+def predicted_labels(probs: torch.Tensor, size) -> torch.Tensor:
+    """The argmax class of [Q, K, h, w] scores upsampled as `score_probabilities` does (bilinear, align_corners=True)
+    to `size`; scores already at that size are used as they are."""
+    if tuple(probs.shape[-2:]) != tuple(size):
+        probs = F.interpolate(probs, size=tuple(size), mode="bilinear", align_corners=True)
+    return probs.argmax(1)
+
+
+def query_confusions(probs: torch.Tensor, labels: torch.Tensor, num_classes: int, chunk: int = 16) -> torch.Tensor:
+    """int64 [Q, K, K] on the CPU: `score_probabilities` of each query on its own (same upsampling and argmax), so
+    their sum over queries is exactly the batch's confusion matrix."""
+    labels = labels.to(probs.device)
+    out = []
+    for start in range(0, probs.shape[0], chunk):
+        prediction = predicted_labels(probs[start:start + chunk], labels.shape[-2:])
+        target = labels[start:start + chunk]
+        queries = torch.arange(len(target), device=target.device).view(-1, *([1] * (target.dim() - 1)))
+        keep = target != IGNORE_LABEL
+        if target[keep].numel() and (int(target[keep].max()) >= num_classes or int(target[keep].min()) < 0):
+            raise ValueError(f"label outside 0..{num_classes - 1} (and 255 ignore)")
+        cells = (queries.expand_as(target) * num_classes + target.long()) * num_classes + prediction
+        counts = torch.bincount(cells[keep], minlength=len(target) * num_classes * num_classes)
+        out.append(counts.reshape(len(target), num_classes, num_classes).cpu())
+    return torch.cat(out) if out else torch.zeros(0, num_classes, num_classes, dtype=torch.int64)
+
+
+def sparse_query_counts(confusion: torch.Tensor) -> tuple[list[int], list[int], list[int]]:
+    """One query's [K, K] confusion as (classes, intersection, union) over the classes present in its ground truth
+    or prediction only (every other class has intersection = union = 0)."""
+    confusion = confusion.long()
+    intersection = confusion.diagonal()
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    present = torch.nonzero(union > 0).flatten()
+    return present.tolist(), intersection[present].tolist(), union[present].tolist()

@@ -7,7 +7,7 @@ import sys
 import click
 from rich.markup import escape
 
-from gfss_bench.cli import catalog, data, evaluate, results, train
+from gfss_bench.cli import catalog, data, evaluate, results, show, train
 from gfss_bench.cli.common import err_console
 from gfss_bench.errors import GFSSError
 
@@ -21,7 +21,7 @@ def cli() -> None:
 
 
 for command in (evaluate.run, evaluate.episodes, evaluate.sweep, results.report, results.export, results.plot,
-                catalog.list_command, train.train, data.data):
+                show.show, catalog.list_command, train.train, data.data):
     cli.add_command(command)
 
 

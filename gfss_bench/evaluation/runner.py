@@ -32,7 +32,7 @@ from gfss_bench.models.features import (
     EXTRACTION_CHUNK, Extractor, FeatureConfig, StoredFeatures, StreamedFeatures, chunked,
     segmenter_fingerprint)
 from gfss_bench.metrics import CONVENTIONS, scores
-from gfss_bench.scoring import score_probabilities
+from gfss_bench.scoring import query_confusions, sparse_query_counts
 from gfss_bench.data.transforms import PREPROCESSING_VERSION
 from gfss_bench.errors import GFSSError
 from gfss_bench.methods import Fitted, Method, Task, build_method
@@ -41,7 +41,7 @@ from gfss_bench.models.segmenter import input_contract_of
 from gfss_bench.progress import progress_bar
 from gfss_bench.protocols import Benchmark, EvaluationSettings, get_benchmark, get_protocol
 from gfss_bench.results.describe import self_description
-from gfss_bench.results.store import ResultStore
+from gfss_bench.results.store import ResultStore, split_query_records
 
 def provenance(device: torch.device) -> dict[str, Any]:
     """Where and with what a result was computed."""
@@ -276,8 +276,11 @@ def query_seeds(run_seed: int, val_indices: Iterable[int]) -> torch.Tensor:
 
 
 def _evaluate_episode(states: list[_SpecState], data: EvaluationData, episode: Episode, device: torch.device,
-                      batch_size: int, workers: Workers, on_batch: Callable[[int], None]) -> list[torch.Tensor]:
-    """Confusion matrices of every state's method on one episode (summed over all ranks).
+                      batch_size: int, workers: Workers, on_batch: Callable[[int], None],
+                      on_phase: Callable[[str], None] = lambda phase: None
+                      ) -> tuple[list[torch.Tensor], list[list[dict]]]:
+    """Confusion matrices of every state's method on one episode (summed over all ranks), and each method's
+    per-query records (`query_record`, in query order, gathered from all ranks).
 
     Each method is fitted once on the support set; then every query batch of this rank is extracted once and
     predicted by every method.
@@ -285,19 +288,23 @@ def _evaluate_episode(states: list[_SpecState], data: EvaluationData, episode: E
     benchmark, spec0 = data.benchmark, states[0].spec
     num_classes = len(benchmark.episode_classes(spec0.fold))
     query_lut = torch.from_numpy(benchmark.episode_label_lut(spec0.fold).astype(np.int64))
+    on_phase("support features")
     support_task = _support_task(data, spec0, episode, device)
     fitted: list[Fitted] = []
     for state in states:
+        on_phase(f"fit {state.spec.method}")
         started = time.perf_counter()
         fitted.append(state.method.fit(support_task))
         state.method_seconds += time.perf_counter() - started
     confusions = [torch.zeros(num_classes, num_classes, dtype=torch.int64) for _ in states]
+    records: list[list[tuple[int, list[dict]]]] = [[] for _ in states]  # per state: (batch number, its records)
+    on_phase("predict")
     local = workers.shard(list(enumerate(chunked(list(episode.queries), batch_size))))
     for (number, batch), (query_features, query_labels) in zip(local, data.queries.batches([b for _, b in local])):
         query_labels = query_lut[query_labels.long()].to(device)
         valid = query_labels != 255
         seeds = query_seeds(episode.seed, batch)
-        for state, fit, confusion in zip(states, fitted, confusions):
+        for state, fit, confusion, kept in zip(states, fitted, confusions, records):
             started = time.perf_counter()
             task = dataclasses.replace(support_task, query_features=query_features, query_valid=valid,
                                        query_labels=query_labels if state.method.is_oracle else None,
@@ -309,11 +316,21 @@ def _evaluate_episode(states: list[_SpecState], data: EvaluationData, episode: E
                     f"method {state.spec.method!r} produced NaN/inf probabilities on {benchmark.name} fold "
                     f"{state.spec.fold} run {episode.run} (episode seed {episode.seed}, queries "
                     f"{start}..{start + len(batch) - 1}); nothing was stored; try a smaller learning rate")
-            confusion += score_probabilities(probs.float(), query_labels, num_classes)
+            per_query = query_confusions(probs.float(), query_labels, num_classes)
+            confusion += per_query.sum(0)
+            kept.append((number, [query_record(data.names[i], c) for i, c in zip(batch, per_query)]))
             state.method_seconds += time.perf_counter() - started
         on_batch(len(batch) * len(states))
     summed = workers.sum(torch.stack(confusions))
-    return list(summed)
+    gathered = [sorted(sum(workers.gather(kept), []), key=lambda item: item[0]) for kept in records]
+    return list(summed), [[record for _, batch in kept for record in batch] for kept in gathered]
+
+
+def query_record(name: str, confusion: torch.Tensor) -> dict:
+    """One query's stored counts: its image name and the intersection and union of each class present in its
+    ground truth or prediction (`scoring.sparse_query_counts`)."""
+    classes, intersection, union = sparse_query_counts(confusion)
+    return {"query": name, "classes": classes, "intersection": intersection, "union": union}
 
 
 def _aggregate(per_run: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -413,7 +430,7 @@ def execute(specs: Iterable[RunSpec], store: ResultStore, *, batch_size: Optiona
                     store.remove_partial(spec.run_id)
                     log(f"stored: {spec.method} {spec.benchmark} fold {spec.fold} {spec.shot}-shot -> "
                         f"{store.path_for(spec.run_id)}")
-                results[spec.run_id] = result
+                results[spec.run_id] = split_query_records(result)[0]  # the records stay in the sidecar file
         except NonFiniteOutput:
             if workers.is_main:
                 for spec in group:
@@ -503,17 +520,22 @@ def _evaluate_group(group: list[RunSpec], data: EvaluationData, device: torch.de
     methods = ", ".join(dict.fromkeys(spec.method for spec in group))
     started = time.perf_counter()
     with progress_bar(enabled=workers.is_main) as progress:
-        bar = progress.add_task(f"{methods} on {benchmark.name} fold {group[0].fold}", total=total)
-        for episode, members in plan:
-            confusions = _evaluate_episode(members, data, episode, device, batch_size, workers,
-                                           on_batch=lambda n: progress.advance(bar, n))
-            for state, confusion in zip(members, confusions):
+        title = f"{methods} on {benchmark.name} fold {group[0].fold}"
+        bar = progress.add_task(title, total=total, runs_done=0, runs_total=len(plan))
+        for done, (episode, members) in enumerate(plan):
+            where = f"{title}, run {episode.run + 1}/{members[0].spec.runs}, {members[0].spec.shot}-shot"
+            progress.update(bar, runs_done=done, description=where)
+            confusions, queries = _evaluate_episode(
+                members, data, episode, device, batch_size, workers, on_batch=lambda n: progress.advance(bar, n),
+                on_phase=lambda phase, where=where: progress.update(bar, description=f"{where}: {phase}"))
+            for state, confusion, records in zip(members, confusions, queries):
                 spec = state.spec
                 state.runs.append({
                     "run": episode.run, "seed": episode.seed, **query_record(data, episode),
                     "support_images": data.support_names(episode), "confusion": confusion.tolist(),
                     "scores": scores(confusion.numpy(), len(benchmark.base_classes(spec.fold)),
                                      spec.convention).as_dict(),
+                    "queries": records,  # moved to the result's sidecar file when it is stored (results/store.py)
                 })
                 if not state.finished and workers.is_main:
                     store.save_partial(spec.run_id, spec.to_dict(), state.runs,

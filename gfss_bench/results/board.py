@@ -22,8 +22,8 @@ from typing import Any, Iterable, Mapping, Optional
 
 import pandas as pd
 
-from gfss_bench.results.tables import (GROUP_COLUMNS, group_metrics, group_title, leaderboard,
-                                      row_marks, sort_board)
+from gfss_bench.results.tables import (GROUP_COLUMNS, group_metrics, group_title, leaderboard, row_marks,
+                                      sampler_title, signed_text, sort_board)
 
 NAN = float("nan")
 DETAIL_COLUMNS = ["segmenter", "segmenter_ids", "runs", "seed", "protocol_version", "method_version", "episodes",
@@ -48,7 +48,7 @@ class Cell:
         return not math.isnan(self.std)
 
     def number(self) -> str:
-        return f"{self.value:+.2f}" if self.signed else f"{self.value:.2f}"
+        return signed_text(self.value) if self.signed else f"{self.value:.2f}"
 
     def text(self, with_std: bool = True, missing: str = "-") -> str:
         if self.missing:
@@ -108,6 +108,16 @@ class Group:
 
     def own_rows(self) -> list[Row]:
         return [row for row in self.rows if row.kind == "result"]
+
+    @property
+    def versions_text(self) -> str:
+        """The protocol version(s) and episode sampler(s) of the group's own rows, e.g. 'protocol v2, official
+        episode sampler'."""
+        details = [row.details for row in self.own_rows() if row.details]
+        protocols = sorted({int(d["protocol_version"]) for d in details})
+        samplers = sorted({str(d["episodes"]) for d in details})
+        parts = ["protocol " + "/".join(f"v{v}" for v in protocols)] if protocols else []
+        return ", ".join(parts + [sampler_title(sampler) for sampler in samplers])
 
 
 @dataclass(frozen=True)
@@ -195,6 +205,10 @@ def _notes(rows: list[Row], newest_protocol: int) -> tuple[str, ...]:
     notes += [f"[protocol v{v}]: evaluated under protocol version {v}, older than the newest stored "
               f"(v{newest_protocol}): other inputs or support sets, not comparable; shown for reference, never best"
               for v in older]
+    if any(row.method == "imprint" or row.method.startswith("imprint(") for row in own):
+        notes.append("imprint: each novel prototype is a mean support feature scaled to the base weights' norm, "
+                     "with no bias and no training; such a prototype correlates with most pixels' features and takes "
+                     "many base pixels, so a low base mIoU is what plain imprinting gives")
     if any(row.older_version and row.details["protocol_version"] == newest_protocol for row in own):
         notes.append("[method vN]: an older version of the method than the newest stored (its numerics changed "
                      "since); shown for reference, never best")

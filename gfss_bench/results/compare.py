@@ -25,7 +25,8 @@ from rich.table import Table
 
 from gfss_bench.errors import GFSSError
 from gfss_bench.results.describe import described, result_label, segmenter_label, versions
-from gfss_bench.results.tables import GROUP_COLUMNS, group_title
+from gfss_bench.results.report import print_title
+from gfss_bench.results.tables import GROUP_COLUMNS, group_title, sampler_title, signed_text
 
 SUMMARY_KEYS = GROUP_COLUMNS + ["segmenter", "protocol_version", "episodes"]  # segmenter: the label
 PAIR_KEYS = SUMMARY_KEYS + ["fold", "run", "seed"]
@@ -150,22 +151,23 @@ def print_comparison(pairs: pd.DataFrame, summary: pd.DataFrame, a: str, b: str,
         console.print(f"[yellow]{mismatched} runs left out: same key but different support images[/]")
     for key, group in pairs.groupby(SUMMARY_KEYS, sort=True):
         benchmark, protocol, convention, shot, segmenter, protocol_version, episodes = key
-        where = (f"{group_title(benchmark, protocol, convention, shot)}, protocol v{protocol_version}, "
-                 f"{episodes} episodes" + ("" if segmenter == "builtin" else f", segmenter {escape(segmenter)}"))
+        where = (f"protocol v{protocol_version}, {sampler_title(episodes)}"
+                 + ("" if segmenter == "builtin" else f", segmenter {segmenter}"))
+        print_title(console, group_title(benchmark, protocol, convention, shot), where)
         if per_run:
-            table = Table(title=f"{escape(a)} − {escape(b)} per paired run, {where} (mIoU points)")
+            table = Table(title=f"{escape(a)} − {escape(b)} per paired run (mIoU points)")
             for name in ("fold", "run", "seed") + tuple(COMPARED.values()):
                 table.add_column(name, justify="right")
             for _, row in group.iterrows():
                 table.add_row(str(row["fold"]), str(row["run"]), str(row["seed"]),
-                              *(f"{row[m]:+.2f}" for m in COMPARED))
+                              *(signed_text(row[m]) for m in COMPARED))
             console.print(table)
-        table = Table(title=f"{escape(a)} − {escape(b)}, {where}: mean paired difference, 95% t-interval")
+        table = Table(title=f"{escape(a)} − {escape(b)}: mean paired difference, 95% t-interval")
         for name in ("metric", "pairs", "mean Δ", "95% CI", "verdict"):
             table.add_column(name, justify="left" if name in ("metric", "verdict") else "right")
         mine = summary[(summary[SUMMARY_KEYS] == pd.Series(dict(zip(SUMMARY_KEYS, key)))).all(axis=1)]
         for _, row in mine.iterrows():
-            interval = "-" if math.isnan(row["low"]) else f"[{row['low']:+.2f}, {row['high']:+.2f}]"
-            table.add_row(COMPARED[row["metric"]], str(row["n"]), f"{row['mean']:+.2f}", interval,
+            interval = "-" if math.isnan(row["low"]) else f"[{signed_text(row['low'])}, {signed_text(row['high'])}]"
+            table.add_row(COMPARED[row["metric"]], str(row["n"]), signed_text(row["mean"]), interval,
                           escape(verdict(row, a, b)))
         console.print(table)

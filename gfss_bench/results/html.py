@@ -10,12 +10,16 @@ import base64
 import io
 from datetime import datetime, timezone
 from html import escape
+from pathlib import Path
+from typing import Optional, Sequence
 
 from gfss_bench.results.board import Cell, Group, Leaderboard
 from gfss_bench.results.tables import METRIC_TITLES
 
+MAX_EMBEDDED_BYTES = 8 << 20  # a `show` figure larger than this is left out of the page
+
 STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 72rem;
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 90rem;
        padding: 0 1rem; color: #1a1a1a; }
 h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2.5rem; }
 table { border-collapse: collapse; width: 100%; font-size: 0.9rem; }
@@ -28,7 +32,9 @@ tr.incomplete td:first-child::after { content: " (incomplete)"; color: #D55E00; 
 tr.published, tr.delta { font-style: italic; background: #fafafa; }
 tr.older td { color: #777; }
 td.prov { color: #555; font-size: 0.8rem; font-family: ui-monospace, monospace; }
-figure { display: inline-block; margin: 1rem 1rem 0 0; } figure img { max-width: 34rem; height: auto; }
+div.figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(26rem, 1fr)); gap: 1.5rem;
+              margin-top: 1rem; }
+figure { margin: 0; } figure img { width: 100%; height: auto; } figure.wide { grid-column: 1 / -1; }
 figcaption { font-size: 0.8rem; color: #555; }
 p.note { color: #555; font-size: 0.85rem; }
 """
@@ -103,8 +109,27 @@ def _group_table(group: Group) -> str:
             + "\n".join(rows) + "\n</tbody></table>")
 
 
-def html_page(board: Leaderboard, figures: bool = True, title: str = "gfss-bench leaderboard") -> str:
-    """The whole page as one string."""
+def _qualitative_png(path: Path, caption: str) -> str:
+    """A figure rendered by `gfss-bench show`, embedded as it is (full width)."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure class="wide"><img alt="{escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
+
+
+def _qualitative_files(folder: Optional[Path], group: Group) -> list[Path]:
+    """`show-<benchmark>-<protocol>-<shot>shot*.png` files of at most MAX_EMBEDDED_BYTES in `folder`."""
+    if folder is None or not folder.is_dir():
+        return []
+    pattern = f"show-{group.benchmark}-{group.protocol}-{group.shot}shot*.png"
+    return [path for path in sorted(folder.glob(pattern))
+            if path.is_file() and not path.is_symlink() and path.stat().st_size <= MAX_EMBEDDED_BYTES]
+
+
+def html_page(board: Leaderboard, figures: bool = True, title: str = "gfss-bench leaderboard",
+              results: Sequence[dict] = (), qualitative_dir: Optional[Path] = None) -> str:
+    """The whole page as one string. With `results`, each group also shows where its novel pixels go (per fold,
+    from the stored confusion matrices); a `show-<benchmark>-<protocol>-<shot>shot*.png` in `qualitative_dir`
+    (rendered by `gfss-bench show --out`) is embedded in its group."""
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -119,17 +144,30 @@ def html_page(board: Leaderboard, figures: bool = True, title: str = "gfss-bench
         import matplotlib
 
         matplotlib.use("Agg")
-        from gfss_bench.results.plots import bars_figure, tradeoff_figure
+        from gfss_bench.results.confusion import confusions, summary_figure
+        from gfss_bench.results.plots import bars_figure, board_labels, method_styles, tradeoff_figure
 
+        styles = method_styles(board_labels(results)) if results else None
+        matrices = confusions(results)
     for group in board.groups:
         parts.append(f"<section><h2>{escape(group.title)}</h2>")
+        parts.append(f'<p class="note">{escape(group.versions_text)}</p>')
         parts.append(_group_table(group))
         parts += [f'<p class="note">{escape(note)}</p>' for note in group.notes]
         if figures:
+            parts.append('<div class="figures">')
             parts.append(_figure_png(bars_figure(group, group.title),
                                      f"base, novel and HM mIoU per method, {group.title}"))
-            parts.append(_figure_png(tradeoff_figure(group, group.title),
+            parts.append(_figure_png(tradeoff_figure(group, group.title, styles=styles),
                                      f"base vs. novel mIoU with iso-HM curves, {group.title}"))
+            for fold in sorted({entry.key[4] for entry in matrices if entry.key[:4] == group.key}):
+                entries = sorted((e for e in matrices if e.key == (*group.key, fold)), key=lambda e: e.label)
+                parts.append(_figure_png(summary_figure(entries, f"fold {fold}: where novel pixels go"),
+                                         f"share of each novel class's pixels predicted as itself, background, a "
+                                         f"base class or another novel class, fold {fold}, {group.title}"))
+            parts += [_qualitative_png(path, f"{path.name}: rendered by gfss-bench show")
+                      for path in _qualitative_files(qualitative_dir, group)]
+            parts.append("</div>")
         parts.append("</section>")
     parts.append(f"<script>{SCRIPT}</script></body></html>")
     return "\n".join(parts) + "\n"

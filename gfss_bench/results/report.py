@@ -27,8 +27,8 @@ def print_leaderboard(board: "Leaderboard", console: Optional[Console] = None) -
         console.print("no results stored yet: run `gfss-bench run --method diam --protocol practical`")
         return
     for group in board.groups:
-        table = Table(title=f"{group.title} (mIoU %, fold means ± std over runs)",
-                      caption="\n".join(escape(note) for note in group.notes) or None)
+        print_title(console, group.title, f"{group.versions_text}; mIoU %, fold means ± std over runs")
+        table = Table()
         table.add_column("method")
         table.add_column("folds", justify="right")
         for m in group.metrics:
@@ -43,6 +43,15 @@ def print_leaderboard(board: "Leaderboard", console: Optional[Console] = None) -
             table.add_row(label, folds, *(f"[bold green]{text}[/]" if cell.is_best else text
                                           for text, cell in zip(cells, row.cells.values())))
         console.print(table)
+        for note in group.notes:  # wrapped at the terminal's width, not the table's
+            console.print(escape(note), style="dim")
+
+
+def print_title(console: Console, *lines: str) -> None:
+    """A table's title as its own lines (a rich table title would wrap at the table's width)."""
+    console.print(escape(lines[0]), style="bold")
+    for line in lines[1:]:
+        console.print(escape(line))
 
 
 def print_per_fold(folds: pd.DataFrame, console: Optional[Console] = None) -> None:
@@ -53,7 +62,8 @@ def print_per_fold(folds: pd.DataFrame, console: Optional[Console] = None) -> No
     folds = folds.assign(label=row_marks(folds)[0])
     for key, group in folds.groupby(GROUP_COLUMNS, sort=True):
         metrics = group_metrics(key[2])
-        table = Table(title=f"{group_title(*key)}: per fold (mIoU %, mean ± std over runs)")
+        print_title(console, group_title(*key), "per fold; mIoU %, mean ± std over runs")
+        table = Table()
         for name in ["method", "fold", "runs"] + [METRIC_TITLES[m] for m in metrics]:
             table.add_column(name, justify="left" if name == "method" else "right")
         for _, row in group.sort_values(["label", "fold"], kind="stable").iterrows():
@@ -71,8 +81,9 @@ def print_per_class(frame: pd.DataFrame, console: Optional[Console] = None) -> N
     for key, group in frame.groupby(GROUP_COLUMNS + ["fold"], sort=True):
         benchmark, protocol, convention, shot, fold = key
         matrix = per_class_matrix(group)
-        table = Table(title=f"{group_title(benchmark, protocol, convention, shot)}, fold {fold}: per-class IoU "
-                            "(%, mean over runs)")
+        print_title(console, group_title(benchmark, protocol, convention, shot),
+                    f"fold {fold}: per-class IoU (%, mean over runs)")
+        table = Table()
         table.add_column("class")
         table.add_column("role")
         for label in matrix.columns:

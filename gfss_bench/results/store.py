@@ -7,15 +7,18 @@ reason, `load_all` lists it as an `UnreadableResult`, and `set_aside` renames it
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from gfss_bench.paths import atomic_write_text, check_writable_folder
+from gfss_bench.paths import atomic_write_bytes, atomic_write_text, check_writable_folder
 from gfss_bench.userfiles import InputProblem, parse_json, quote, read_regular
 
 SCHEMA_VERSION = 3  # 2 added `method_label` and `benchmark_info`, 3 `segmenter_label` (see results/describe.py)
@@ -23,6 +26,8 @@ READABLE_SCHEMA_VERSIONS = (1, 2, 3)  # older files load as they are; reports fa
 PARTIAL_SUFFIX = ".partial.json"
 DAMAGED_SUFFIX = ".damaged"  # `<run_id>.json.damaged-<UTC time>`: a damaged result set aside (not *.json)
 MAX_RESULT_BYTES = 64 << 20  # a COCO-20i result of 5 runs is about 0.3 MiB
+QUERIES_SUFFIX = ".queries.json.gz"  # `<run_id>.queries.json.gz`: the per-query records of `<run_id>.json`
+MAX_QUERIES_BYTES = 256 << 20  # uncompressed; 5 COCO-20i runs of 10000 queries are about 12 MiB
 
 
 def canonical_json(data: Any) -> str:
@@ -53,11 +58,50 @@ class ResultStore:
         return self.path_for(run_id).is_file()
 
     def save(self, result: dict) -> Path:
+        """Write `<run_id>.json`. Per-query records (`runs[i]["queries"]`) go first to the sidecar
+        `<run_id>.queries.json.gz`, whose checksum the result then holds (`query_records`), so the result's own
+        checksum covers them too."""
+        result, sidecar = split_query_records(result)
+        if sidecar is not None:
+            sidecar["checksum"] = content_checksum(sidecar)
+            atomic_write_bytes(self.queries_path_for(result["run_id"]),
+                               gzip.compress(canonical_json(sidecar).encode(), mtime=0))
+            result["query_records"] = {"file": self.queries_path_for(result["run_id"]).name,
+                                       "checksum": sidecar["checksum"],
+                                       "runs": [run["run"] for run in sidecar["runs"]]}
         result = dict(result, schema_version=SCHEMA_VERSION)
         result["checksum"] = content_checksum(result)
         path = self.path_for(result["run_id"])
         atomic_write_text(path, json.dumps(result, indent=1, sort_keys=True) + "\n")
         return path
+
+    def queries_path_for(self, run_id: str) -> Path:
+        return self.root / f"{run_id}{QUERIES_SUFFIX}"
+
+    def load_query_records(self, result: dict) -> Optional[list[dict]]:
+        """The per-query records of a stored result, one `{"run", "queries"}` per run that has them; None for a
+        result stored without them. ValueError with the reason when the sidecar is missing, damaged or is not the
+        one the result's checksum covers."""
+        info = result.get("query_records")
+        if info is None:
+            return None
+        path = self.queries_path_for(result["run_id"])
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(read_regular(path, MAX_QUERIES_BYTES)), mode="rb") as handle:
+                data = handle.read(MAX_QUERIES_BYTES + 1)
+            if len(data) > MAX_QUERIES_BYTES:
+                raise ValueError(f"{path.name} holds more than {MAX_QUERIES_BYTES >> 20} MiB")
+            sidecar = parse_json(data)
+        except (OSError, EOFError, zlib.error, InputProblem) as error:  # BadGzipFile is an OSError
+            reason = getattr(error, "strerror", None) or error
+            raise ValueError(f"{path.name} cannot be read: {reason}") from None
+        if not isinstance(sidecar, dict) or sidecar.get("checksum") != info.get("checksum") \
+                or content_checksum(sidecar) != sidecar.get("checksum"):
+            raise ValueError(f"{path.name} is not the per-query file of this result (checksum mismatch)")
+        problem = _query_runs_problem(sidecar.get("runs"))
+        if problem:
+            raise ValueError(f"{path.name}: {problem}")
+        return sidecar["runs"]
 
     def partial_path_for(self, run_id: str) -> Path:
         return self.root / f"{run_id}{PARTIAL_SUFFIX}"
@@ -157,6 +201,34 @@ class ResultStore:
         return results, problems
 
 
+def split_query_records(result: dict) -> tuple[dict, Optional[dict]]:
+    """The result without its runs' per-query records, and those records as a sidecar body (None when no run has
+    any)."""
+    runs = result.get("runs") or []
+    if not any(isinstance(run, dict) and "queries" in run for run in runs):
+        return result, None
+    sidecar = {"run_id": result["run_id"],
+               "runs": [{"run": run["run"], "queries": run["queries"]} for run in runs if "queries" in run]}
+    stripped = [{k: v for k, v in run.items() if k != "queries"} for run in runs]
+    return dict(result, runs=stripped), sidecar
+
+
+def _query_runs_problem(runs: Any) -> Optional[str]:
+    if not isinstance(runs, list):
+        return "'runs' is not a list"
+    for run in runs:
+        queries = run.get("queries") if isinstance(run, dict) else None
+        if not _is_int(run.get("run") if isinstance(run, dict) else None) or not isinstance(queries, list):
+            return "a run is not a mapping with an integer 'run' and a list of 'queries'"
+        for query in queries:
+            if not (isinstance(query, dict) and isinstance(query.get("query"), str)
+                    and all(isinstance(query.get(key), list) and all(_is_int(v) and v >= 0 for v in query[key])
+                            for key in ("classes", "intersection", "union"))
+                    and len(query["classes"]) == len(query["intersection"]) == len(query["union"])):
+                return f"run {run['run']} holds a malformed query record"
+    return None
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -217,7 +289,7 @@ def result_problem(result: dict) -> Optional[str]:
     if any(key in result and not _is_int(result[key]) for key in ("num_base", "num_novel")):
         return "'num_base' or 'num_novel' is not an integer"
     for key, kinds in (("method_label", str), ("segmenter_label", str), ("provenance", dict),
-                       ("benchmark_info", dict), ("skipped_images", list)):
+                       ("benchmark_info", dict), ("skipped_images", list), ("query_records", dict)):
         if result.get(key) is not None and not isinstance(result[key], kinds):
             return f"{key!r} has the wrong type"
     folds = (result.get("benchmark_info") or {}).get("num_folds")

@@ -277,9 +277,35 @@ def format_value(value: float, std: Optional[float] = None) -> str:
     return text
 
 
+CONVENTION_TITLES = {  # the metric convention as titles name it: never just "diam", which is also a method
+    "diam": "mIoU without background",
+    "pop": "mIoU with background as a base class",
+}
+
+
+def convention_title(convention: str) -> str:
+    """What a metric convention (`--convention`) measures, in words."""
+    return CONVENTION_TITLES.get(convention, f"{convention} metric convention")
+
+
+def sampler_title(episodes: str) -> str:
+    """The episode sampler as titles name it."""
+    if episodes == "diam":
+        return "official episode sampler"
+    if str(episodes).startswith("file:"):
+        return f"episodes from file {str(episodes)[5:17]}"
+    return f"{episodes} episode sampler"
+
+
+def signed_text(value: float) -> str:
+    """A difference with its sign and 2 decimals; one that rounds to zero is '0.00', never '-0.00'."""
+    text = f"{value:+.2f}"
+    return "0.00" if text in ("+0.00", "-0.00") else text
+
+
 def group_title(benchmark: str, protocol: str, convention: str, shot) -> str:
     """The one title of a (benchmark, protocol, convention, shot) group, in every output."""
-    return f"{benchmark}, {protocol} protocol, {shot}-shot, {convention} convention"
+    return f"{benchmark}, {protocol} protocol, {shot}-shot, {convention_title(convention)}"
 
 
 def per_class_frame(results: Iterable[dict]) -> pd.DataFrame:

@@ -38,6 +38,8 @@ def test_two_gloo_processes_equal_one_process(tmp_path, memory):
     for run_id in one:
         assert one[run_id][0] == two[run_id][0]  # confusion matrices, bit for bit
         assert one[run_id][1] == two[run_id][1]
+        sidecar = f"{run_id}.queries.json.gz"  # the per-query records, gathered from both ranks in query order
+        assert (tmp_path / "one" / sidecar).read_bytes() == (tmp_path / "two" / sidecar).read_bytes()
         assert one[run_id][2]["world_size"] == 1 and two[run_id][2]["world_size"] == 2
         assert two[run_id][2]["feature_storage"] == ("memory" if memory == "4" else "streamed")
     assert done.stdout.count("synthetic5i, practical protocol") == 1  # only rank 0 prints the leaderboard

@@ -125,7 +125,9 @@ def test_sweep_killed_mid_spec_resumes_at_first_missing_run(tmp_path):
     rerun = subprocess.run([sys.executable, "-m", "gfss_bench", "sweep", str(path), "--results-dir", str(killed)],
                            capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0 and "cached" in rerun.stderr, rerun.stderr
-    assert sorted(p.name for p in killed.iterdir()) == [f"{spec.run_id}.json"]
+    sidecar = f"{spec.run_id}.queries.json.gz"  # per-query records: the checkpointed runs' kept across the kill
+    assert sorted(p.name for p in killed.iterdir()) == [f"{spec.run_id}.json", sidecar]
+    assert (killed / sidecar).read_bytes() == (tmp_path / "uninterrupted" / sidecar).read_bytes()
 
 
 def test_two_sweeps_into_one_folder(tmp_path):
@@ -142,8 +144,10 @@ def test_two_sweeps_into_one_folder(tmp_path):
         assert worker.returncode == 0, err.decode()
     expected = {s.run_id for c in (a, b) for s in expand(load_config(c))}
     assert len(expected) == 3
-    assert sorted(p.name for p in shared.iterdir()) == sorted(f"{i}.json" for i in expected)  # no temporaries
+    names = [name for i in expected for name in (f"{i}.json", f"{i}.queries.json.gz")]  # result, per-query records
+    assert sorted(p.name for p in shared.iterdir()) == sorted(names)  # no temporaries
     results, problems = ResultStore(shared).load_all()
     assert not problems and {r["run_id"] for r in results} == expected
+    assert all(ResultStore(shared).load_query_records(result) for result in results)  # each its own, intact
     for result in results:
         assert json.loads((shared / f"{result['run_id']}.json").read_text())["checksum"] == result["checksum"]

@@ -91,13 +91,13 @@ def dollar_results():
 def test_dollar_signs_in_labels_and_class_names_are_plain_text():
     results = dollar_results()
     figures = dict(make_figures(results))
-    assert {name.split("-")[0] for name in figures} == {"bars", "tradeoff", "shots", "classes"}
+    assert {name.split("-")[0] for name in figures} == {"bars", "tradeoff", "shots", "classes", "confusion", "novel"}
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # text kept as text in the SVG
         for name, figure in figures.items():
             buffer = io.StringIO()
             figure.savefig(buffer, format="svg")
             drawn = buffer.getvalue()
-            if name.startswith("classes"):
+            if name.startswith(("classes", "confusion")):
                 assert DOLLARS in drawn and "my $method$ (v$2)" in drawn
             elif not name.startswith("classes"):
                 assert "my $method$ (v$2)" in drawn, name
@@ -109,7 +109,9 @@ def test_dollar_signs_through_plot_and_html_export(tmp_path):
         store.save(result)
     plotted = CliRunner().invoke(cli, ["plot", "--results-dir", str(store.root), "--out", str(tmp_path / "plots")])
     assert plotted.exit_code == 0, (plotted.output, plotted.exception)
-    assert len(list((tmp_path / "plots").iterdir())) == 2 * 3 + 1  # bars, tradeoff, classes x 2 shots; shots
+    kinds = [path.name.split("-")[0] for path in (tmp_path / "plots").iterdir()]
+    assert sorted(kinds) == sorted(["bars", "tradeoff", "classes", "confusion", "novel"] * 2 + ["shots"])  # x 2 shots
     page = CliRunner().invoke(cli, ["export", "--results-dir", str(store.root), "--format", "html"])
     assert page.exit_code == 0, (page.output, page.exception)
-    assert "my $method$ (v$2)" in page.stdout and page.stdout.count("data:image/png;base64,") == 2 * 2
+    assert "my $method$ (v$2)" in page.stdout
+    assert page.stdout.count("data:image/png;base64,") == 2 * 3  # bars, trade-off, novel summary x 2 shots

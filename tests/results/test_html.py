@@ -70,7 +70,7 @@ def test_page_in_headless_chromium(tmp_path):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.on("request", lambda request: requests.append(request.url))
@@ -89,6 +89,9 @@ def test_page_in_headless_chromium(tmp_path):
             table.locator("thead th", has_text="method").click()
             assert methods() == ["base", "diam", "evil", "imprint"]                    # text, ascending
             assert page.locator("img").count() == 2
+            row = page.locator("div.figures").first.bounding_box()["width"]
+            widths = [page.locator("img").nth(i).bounding_box()["width"] for i in range(2)]
+            assert sum(widths) > 0.9 * row > 0.8 * 1400  # the figures fill the page's width, side by side
             page.screenshot(path=str(screenshot), full_page=True)
             print(f"screenshot: {screenshot}")
         finally:
