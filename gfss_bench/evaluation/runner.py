@@ -458,6 +458,19 @@ def _episode_file(specs: list[RunSpec], path: Optional[Path]) -> Optional[Episod
     return episodes
 
 
+def _stream_state(method) -> Any:
+    """`Method.stream_state`, or None for a duck-typed method (a plugin) that keeps no stream across runs."""
+    return method.stream_state() if hasattr(method, "stream_state") else None
+
+
+def _restore_stream(method, stream: Any) -> None:
+    """`Method.restore_stream_state`; a duck-typed method without it can only resume from no stream."""
+    if hasattr(method, "restore_stream_state"):
+        method.restore_stream_state(stream)
+    elif stream is not None:
+        raise ValueError("this method keeps no random stream")
+
+
 def _resumable_runs(store: ResultStore, spec: RunSpec, data: EvaluationData, log: Callable[[str], None]
                     ) -> tuple[list[dict], Any]:
     """The completed runs of an interrupted evaluation of `spec`, when its checkpoint matches exactly, and the
@@ -467,7 +480,7 @@ def _resumable_runs(store: ResultStore, spec: RunSpec, data: EvaluationData, log
         return [], None
     runs, stream = partial.get("runs"), partial.get("method_stream")
     try:
-        spec.build().restore_stream_state(stream)
+        _restore_stream(spec.build(), stream)
         stream_ok = True
     except ValueError:
         stream_ok = False
@@ -477,7 +490,7 @@ def _resumable_runs(store: ResultStore, spec: RunSpec, data: EvaluationData, log
         for run in runs:
             index = run.get("run")
             episode = data.episodes(spec)[index] if isinstance(index, int) and 0 <= index < spec.runs else None
-            recorded = query_record(data, episode) if episode is not None else {}
+            recorded = query_multiset(data, episode) if episode is not None else {}
             ok = ok and episode is not None and (run.get("seed") == episode.seed
                                                  and all(run.get(k) == v for k, v in recorded.items())
                                                  and run.get("support_images") == data.support_names(episode))
@@ -490,7 +503,7 @@ def _resumable_runs(store: ResultStore, spec: RunSpec, data: EvaluationData, log
     return runs, stream
 
 
-def query_record(data: EvaluationData, episode: Episode) -> dict:
+def query_multiset(data: EvaluationData, episode: Episode) -> dict:
     """What a run's result records of its queries: their number, how many are distinct and the digest of their
     multiset (`queries_digest`), so two results can be checked to score the same images."""
     return {"num_queries": len(episode.queries), "distinct_queries": len(set(episode.queries)),
@@ -507,7 +520,7 @@ def _evaluate_group(group: list[RunSpec], data: EvaluationData, device: torch.de
     for spec in group:
         runs, stream = resumed[spec.run_id]
         method = spec.build()
-        method.restore_stream_state(stream)  # the random stream after the checkpointed runs
+        _restore_stream(method, stream)  # the random stream after the checkpointed runs
         states.append(_SpecState(spec, method, list(runs), len(runs)))
     plan: list[tuple[Episode, list[_SpecState]]] = []
     for run in range(max(spec.runs for spec in group)):
@@ -531,7 +544,7 @@ def _evaluate_group(group: list[RunSpec], data: EvaluationData, device: torch.de
             for state, confusion, records in zip(members, confusions, queries):
                 spec = state.spec
                 state.runs.append({
-                    "run": episode.run, "seed": episode.seed, **query_record(data, episode),
+                    "run": episode.run, "seed": episode.seed, **query_multiset(data, episode),
                     "support_images": data.support_names(episode), "confusion": confusion.tolist(),
                     "scores": scores(confusion.numpy(), len(benchmark.base_classes(spec.fold)),
                                      spec.convention).as_dict(),
@@ -540,7 +553,7 @@ def _evaluate_group(group: list[RunSpec], data: EvaluationData, device: torch.de
                 if not state.finished and workers.is_main:
                     store.save_partial(spec.run_id, spec.to_dict(), state.runs,
                                        {"skipped_images": data.skipped_images,
-                                        "method_stream": state.method.stream_state()})
+                                        "method_stream": _stream_state(state.method)})
                 if state.finished:
                     yield _result_record(state, data, device, workers, time.perf_counter() - started)
 
