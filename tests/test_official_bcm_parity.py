@@ -177,7 +177,8 @@ def test_bcm_with_the_official_solver_scores_as_the_official_evaluation(tmp_path
             "--min-support-pixels", str(MIN_PIXELS), "--device", "cpu", "--results-dir", str(tmp_path / "results")]
     ran = CliRunner().invoke(cli, args + [arg for shot in SHOTS for arg in ("-k", str(shot))])
     assert ran.exit_code == 0, ran.output
-    records = {r["spec"]["shot"]: r for r in map(json.loads, map(Path.read_text, (tmp_path / "results").glob("*")))}
+    stored = (tmp_path / "results").glob("*.json")  # the results, not their per-query sidecars
+    records = {r["spec"]["shot"]: r for r in map(json.loads, map(Path.read_text, stored))}
 
     for shot in SHOTS:
         stream = np.random.RandomState(SEED)  # setup_seed(2023) once per (benchmark, fold, shot)

@@ -105,7 +105,7 @@ def matrix_figure(entries: list[Confusion], title: str = "") -> Figure:
                 tick.set_color("#D55E00")
         ax.set_xlabel("prediction (novel classes in orange)", fontsize=8)
         ax.set_ylabel("ground truth", fontsize=8)
-        ax.set_title(_plain(entry.label), fontsize=9)
+        ax.set_title(_plain(entry.label), fontsize=9, pad=14)  # above the base/novel block labels
         for start, stop, name in ((1, entry.num_base + 1, "base"), (entry.num_base + 1, size, "novel")):
             if stop > start:
                 ax.text((start + stop - 1) / 2, -0.5, name, ha="center", va="bottom", fontsize=7,
