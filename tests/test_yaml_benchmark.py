@@ -179,7 +179,7 @@ BAD_FILES = [
     ("name: my bench\nclasses: [a, b]\nfolds: [[1]]\n", "'name' 'my bench' must be letters"),
     ("name: pascal5i\nclasses: [a, b]\nfolds: [[1]]\n", "'name' 'pascal5i' is a built-in benchmark"),
     ("name: x\nclasses: [a, b]\nfolds: [[1]]\nimage_size: big\n", "'image_size' must be an integer, got 'big'"),
-    ("name: x\nclasses: [a, b]\nfolds: [[1]]\nimage_size: 64\n", "'image_size' must satisfy (S-1) % 8 == 0"),
+    ("name: x\nclasses: [a, b]\nfolds: [[1]]\nimage_size: 4\n", "'image_size' must be between 9 and 4096"),
     ("name: x\nclasses: [a, b]\nfolds: [[1]]\nmin_support_pixels: 0\n", "'min_support_pixels' must be >= 1"),
     ("name: x\nclasses: [a, b]\nfolds: [[1]]\nqueries: many\n", "'queries' must be a positive integer or all"),
     ("name: x\nclasses: [a, b]\nfolds: [[1]]\nqueries: 0\n", "'queries' must be >= 1"),

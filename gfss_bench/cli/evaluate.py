@@ -44,7 +44,8 @@ from gfss_bench.errors import resolve_option
               help="Base segmenter from a segmenter family (`gfss-bench list`), e.g. builtin, pspnet:model_ckpt or "
                    "torchvision:deeplabv3_resnet50=weights.pth; REF is usually a file or a folder with fold<F>.pth.")
 @click.option("--image-size", type=int, default=None,
-              help="Evaluation input side, (S-1) % 8 == 0 (default: the benchmark's, 417 on the real ones).")
+              help="Evaluation input side, 9 to 4096, one the segmenter takes (PSPNet: (S-1) % 8 == 0) "
+                   "(default: the benchmark's, 417 on the real ones).")
 @SUPPORT_SETTINGS
 @click.option("--episodes", default="diam", show_default=True, metavar="diam|independent|FILE.json",
               help="Support sets: diam (the official sampler), independent (each run from its own seed), or a JSON "

@@ -49,6 +49,8 @@ def scaled_min_support_pixels(image_size: int) -> int:
 SUPPORT_SOURCES = ("val", "train")
 
 
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 9, 4096  # input sides; which ones a model takes is its input contract
+
 @dataclass(frozen=True)
 class EvaluationSettings:
     """How episodes are drawn and images prepared (docs/protocol.md §4); every benchmark has the official values as defaults.
@@ -66,8 +68,8 @@ class EvaluationSettings:
     single_novel_supports: bool = True
 
     def __post_init__(self):
-        if self.image_size < 9 or (self.image_size - 1) % 8:
-            raise GFSSError(f"--image-size must satisfy (S-1) % 8 == 0 and be at least 9 (e.g. 417 or 97), "
+        if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:  # the segmenter checks its own sides at run
+            raise GFSSError(f"--image-size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} (e.g. 417 or 97), "
                             f"got {quote(self.image_size)}")
         if self.min_support_pixels < 1:
             raise GFSSError(f"--min-support-pixels must be >= 1, got {quote(self.min_support_pixels)}")

@@ -62,7 +62,7 @@ def test_expand_grid(tmp_path):
     ({"shots": ["one"]}, "'shot' (--shot) must hold integers"),
     ({"folds": [7]}, "--fold 7 is out of range"),
     ({"evaluation": {"queries": 5}}, "'evaluation' must map settings"),
-    ({"evaluation": {"image_size": 100}}, "--image-size must satisfy"),
+    ({"evaluation": {"image_size": 5000}}, "--image-size must be between 9 and 4096"),
     ({"feature_precision": "fp8"}, "--feature-precision 'fp8' is unknown"),
 ])
 def test_bad_sweep_configs(tmp_path, config, message):

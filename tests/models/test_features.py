@@ -141,7 +141,8 @@ def test_queries_per_run_support_source_and_filters(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--image-size", "100"], "--image-size must satisfy"),
+    (["--image-size", "100"], "takes sides with (S-1) % 8 == 0, not 100; choose an --image-size it takes"),
+    (["--image-size", "5"], "--image-size must be between 9 and 4096"),
     (["--queries", "ten"], "--queries must be"),
     (["--min-support-pixels", "0"], "--min-support-pixels must be"),
     (["--feature-memory", "-1"], "--feature-memory must be"),
