@@ -147,7 +147,7 @@ def same_heads(fitted, table, models):
             assert np.abs(head.coef - coef).max() < 1e-6
 
 
-@pytest.mark.slow  # about 8 minutes on a loaded 2-core CPU: BCM at 1 and 5 shots, 2 runs, by gfss-bench and by hand
+@pytest.mark.slow  # 50-95 s here (minutes on a loaded CPU): BCM at 1 and 5 shots, 2 runs, by gfss-bench and by hand
 def test_bcm_with_the_official_solver_scores_as_the_official_evaluation(tmp_path, monkeypatch):
     sklearnex = pytest.importorskip("sklearnex.linear_model",
                                     reason="scikit-learn-intelex is not installed (pip install 'gfss-bench[intel]')")
