@@ -21,7 +21,8 @@ def _stored(folder):
     return out
 
 
-@pytest.mark.parametrize("memory", ["4", "0"], ids=["features-in-memory", "features-streamed"])
+@pytest.mark.parametrize("memory", ["4", pytest.param("0", marks=pytest.mark.slow)],  # each ~30 s
+                         ids=["features-in-memory", "features-streamed"])
 def test_two_gloo_processes_equal_one_process(tmp_path, memory):
     """Both sides use one thread per process (torchrun's default): float results depend on the thread count."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -81,6 +81,7 @@ def test_bad_yaml_is_one_line_exit_2(tmp_path):
     assert len(lines) == 1 and "not valid YAML" in lines[0] and str(path) in lines[0]
 
 
+@pytest.mark.slow  # ~28 s: a sweep process killed and restarted
 def test_sweep_killed_mid_spec_resumes_at_first_missing_run(tmp_path):
     config = dict(methods=["diam"], benchmarks=["synthetic5i"], folds=[2], shots=[1], runs=3, device="cpu",
                   options={"diam": {"iterations": 3}})

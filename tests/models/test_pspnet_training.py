@@ -67,11 +67,13 @@ def runs(tmp_path_factory):
             "resumed_losses": resumed_losses, "resume_steps": resume_steps, "state_path": state_path}
 
 
+@pytest.mark.slow  # the shared `runs` fixture trains PSPNet-ResNet50 three times (~35 s)
 def test_loss_falls(runs):
     losses = [runs["losses"][step] for step in range(1, 7)]
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:2]), losses
 
 
+@pytest.mark.slow  # the shared `runs` fixture trains PSPNet-ResNet50 three times (~35 s)
 def test_checkpoint_loads_back_with_the_same_features(runs):
     path = runs["info"]["path"]
     assert path.endswith("synthetic5i-practical/fold0.pth")
@@ -89,6 +91,7 @@ def test_checkpoint_loads_back_with_the_same_features(runs):
     assert manifest["metadata"]["total_steps"] == 6 and "val_base_miou" not in manifest
 
 
+@pytest.mark.slow  # the shared `runs` fixture trains PSPNet-ResNet50 three times (~35 s)
 def test_resuming_continues_from_the_saved_step_and_ends_with_the_same_weights(runs):
     assert runs["resume_steps"] == [1, 4]  # Ctrl-C saves at the end of its step; a crash keeps the periodic state
     assert runs["resumed_info"]["resumed_at_step"] == 4 and not runs["state_path"].exists()
@@ -97,6 +100,7 @@ def test_resuming_continues_from_the_saved_step_and_ends_with_the_same_weights(r
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
+@pytest.mark.slow  # the shared `runs` fixture trains PSPNet-ResNet50 three times (~35 s)
 def test_a_finished_run_is_not_retrained_and_other_settings_are_refused(runs):
     out = runs["info"]["path"].rsplit("/", 2)[0]
     model, info = _train(out, on_step=lambda step, loss: pytest.fail("retrained"))

@@ -46,6 +46,7 @@ def aggregated(results_dir: Path) -> list[dict]:
     return [row for row in csv.DictReader(io.StringIO(text)) if row["row"] == "result"]
 
 
+@pytest.mark.slow  # ~18 s: PSPNet-ResNet50 runs from a checkpoint folder
 def test_a_checkpoint_folder_is_one_row(tmp_path, monkeypatch):
     """Fold 0 run with `--checkpoint ./A`, fold 1 with its absolute path (one row all the same); folder B, other
     weights, is a second row; stripping the label (a schema-2 file) gives the old per-fold rows back."""
