@@ -46,15 +46,10 @@ def test_hf_and_smp_models_give_diam_and_bcm_rows_in_report_and_export(tmp_path)
 
 @pytest.mark.slow
 def test_an_smp_model_on_a_miniature_pascal_folder(tmp_path):
-    from tests.test_real_pipeline import TRAIN, VAL, _write
+    from tests.test_real_pipeline import write_miniature_pascal
 
     root = tmp_path / "VOC2012"
-    for i, stem in enumerate(VAL):  # as in tests/test_real_pipeline.py: one support candidate per novel class
-        _write(root, stem, [i + 1, 7] if i < 5 else [6 + i, 15], seed=i)
-    for i, stem in enumerate(TRAIN):
-        _write(root, stem, [6 + i, 12, 1 + i % 5], seed=100 + i)
-    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
-    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(VAL) + "\n")
+    write_miniature_pascal(root)  # one support candidate per novel class
     runner = CliRunner()
     assert runner.invoke(cli, ["data", "prepare", "pascal", "--root", str(root)]).exit_code == 0
     _save_smp(tmp_path / "unet" / "fold0", "Unet", decoder_channels=(16, 8, 8, 8, 8))

@@ -11,7 +11,6 @@ import json
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -23,9 +22,7 @@ from sklearn.model_selection import StratifiedKFold
 from gfss_bench.cli import cli
 from gfss_bench.methods.bcm import BCM
 from tests.data.test_episodes import official_episodes
-from tests.models.official_pspnet_reference import OfficialPSPNet
-from tests.models.test_pspnet_checkpoints import _diam_layout, _randomise_batchnorm
-from tests.test_official_parity import (BIG, SIZE, SMALL, calibrated_features, lookup, mean_ious, official_input,
+from tests.test_official_parity import (BIG, SIZE, SMALL, lookup, mean_ious, official_input, official_setup,
                                         write_pascal)
 
 MIN_PIXELS = 400
@@ -153,21 +150,11 @@ def test_bcm_with_the_official_solver_scores_as_the_official_evaluation(tmp_path
                                     reason="scikit-learn-intelex is not installed (pip install 'gfss-bench[intel]')")
     root, val = tmp_path / "VOC2012", bcm_folder()
     write_pascal(root, val, "val")
-    torch.manual_seed(7)
-    network = _randomise_batchnorm(OfficialPSPNet(len(BASE) + 1), mean=(-0.2, 0.2), var=(0.5, 2.0),
-                                   weight=(0.5, 1.5), bias=(-0.2, 0.2))
-    num_base, num_classes = len(BASE), 1 + len(BASE) + len(NOVEL)
-    query_lut = lookup({c: 1 + i for i, c in enumerate(BASE)} | {c: 1 + num_base + j for j, c in enumerate(NOVEL)})
-    items = [tuple(line.split()) for line in (root / "val.txt").read_text().splitlines()]
-    stems = [stem for stem, _, _ in val]
-    inputs = {stem: official_input(root, image, label, query_lut) for stem, (image, label) in zip(stems, items)}
-    features = dict(zip(stems, calibrated_features(network, torch.stack([inputs[s][0] for s in stems]),
-                                                   torch.stack([inputs[s][1] for s in stems]))))
-    weight, bias = network.classifier.weight.detach()[:, :, 0, 0].t(), network.classifier.bias.detach()
     checkpoint = tmp_path / "best.pth"
-    torch.save(_diam_layout(network), checkpoint)
-    has_class = {s: bool(((lab >= 1) & (lab <= 20)).any()) for s, lab in
-                 ((s, cv2.imread(str(root / lab), cv2.IMREAD_GRAYSCALE)) for s, (_, lab) in zip(stems, items))}
+    setup = official_setup(root, val, 7, checkpoint)
+    items, stems, inputs, features = setup.items, setup.stems, setup.inputs, setup.features
+    weight, bias, has_class = setup.weight, setup.bias, setup.has_class
+    num_base, num_classes = len(BASE), 1 + len(BASE) + len(NOVEL)
 
     fits, fit = {}, BCM.fit  # gfss-bench's support tasks and fitted heads, per shot in run order (observed)
     monkeypatch.setattr(BCM, "fit", lambda self, task: fits.setdefault(task.shots, []).append((task, fit(self, task)))

@@ -144,26 +144,40 @@ def mean_ious(matrix, num_base):
     return np.nanmean(iou[1:num_base + 1]), np.nanmean(iou[num_base + 1:])
 
 
-def test_run_on_a_voc_folder_and_a_diam_checkpoint_scores_as_the_official_evaluation(tmp_path, monkeypatch):
-    root = tmp_path / "VOC2012"
-    write_pascal(root, VAL, "val")
-    write_pascal(root, TRAIN, "train")
-    torch.manual_seed(5)
+def official_setup(root, val, seed, checkpoint):
+    """The official inputs (docs/protocol.md §4a) and calibrated features of the val images written at `root`, from
+    a randomised official-style PSPNet (seeded by `seed`) that is saved at `checkpoint` as DIaM saves it.
+
+    Returns the val list's (image, label) items, the stems, the inputs and features by stem, the classifier
+    (weight [C, B+1], bias) and, by stem, whether the label holds any class."""
+    torch.manual_seed(seed)
     network = _randomise_batchnorm(OfficialPSPNet(len(BASE) + 1), mean=(-0.2, 0.2), var=(0.5, 2.0),
                                    weight=(0.5, 1.5), bias=(-0.2, 0.2))
-    # The official inputs (docs/protocol.md §4a) and features, then the network saved as DIaM saves it
-    num_base, num_classes = len(BASE), 1 + len(BASE) + len(NOVEL)
+    num_base = len(BASE)
     query_lut = lookup({c: 1 + i for i, c in enumerate(BASE)} | {c: 1 + num_base + j for j, c in enumerate(NOVEL)})
     items = [tuple(line.split()) for line in (root / "val.txt").read_text().splitlines()]
-    stems = [stem for stem, _, _ in VAL]
+    stems = [stem for stem, _, _ in val]
     inputs = {stem: official_input(root, image, label, query_lut) for stem, (image, label) in zip(stems, items)}
     features = dict(zip(stems, calibrated_features(network, torch.stack([inputs[s][0] for s in stems]),
                                                    torch.stack([inputs[s][1] for s in stems]))))
     weight, bias = network.classifier.weight.detach()[:, :, 0, 0].t(), network.classifier.bias.detach()
-    checkpoint = tmp_path / "best.pth"
     torch.save(_diam_layout(network), checkpoint)
     has_class = {stem: bool(((label >= 1) & (label <= 20)).any()) for stem, label in
                  ((s, cv2.imread(str(root / lab), cv2.IMREAD_GRAYSCALE)) for s, (_, lab) in zip(stems, items))}
+    return SimpleNamespace(items=items, stems=stems, inputs=inputs, features=features, weight=weight, bias=bias,
+                           has_class=has_class)
+
+
+def test_run_on_a_voc_folder_and_a_diam_checkpoint_scores_as_the_official_evaluation(tmp_path, monkeypatch):
+    root = tmp_path / "VOC2012"
+    write_pascal(root, VAL, "val")
+    write_pascal(root, TRAIN, "train")
+    # The official inputs and features, then the network saved as DIaM saves it
+    checkpoint = tmp_path / "best.pth"
+    setup = official_setup(root, VAL, 5, checkpoint)
+    items, stems, inputs, features = setup.items, setup.stems, setup.inputs, setup.features
+    weight, bias, has_class = setup.weight, setup.bias, setup.has_class
+    num_base, num_classes = len(BASE), 1 + len(BASE) + len(NOVEL)
 
     seen = {}  # episode seed -> the tasks gfss-bench's DIaM received and the probabilities it returned, by batch
     original_predict = DIaM.predict

@@ -29,14 +29,20 @@ def _write(root, stem, classes, seed):
     Image.fromarray(label).save(root / "SegmentationClassAug" / f"{stem}.png")
 
 
-def test_prepare_verify_train_run_report_on_a_miniature_pascal(tmp_path):
-    root = tmp_path / "VOC2012"
-    for i, stem in enumerate(VAL):  # fold 0: novel 1..5, one support candidate each; base 6..20 elsewhere
+def write_miniature_pascal(root):
+    """A VOC-layout folder: 9 val images (fold 0: novel 1..5, one support candidate each; base 6..20 elsewhere)
+    and 6 train images, with the official val list."""
+    for i, stem in enumerate(VAL):
         _write(root, stem, [i + 1, 7] if i < 5 else [6 + i, 15], seed=i)
     for i, stem in enumerate(TRAIN):
         _write(root, stem, [6 + i, 12, 1 + i % 5], seed=100 + i)
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(VAL) + "\n")
+
+
+def test_prepare_verify_train_run_report_on_a_miniature_pascal(tmp_path):
+    root = tmp_path / "VOC2012"
+    write_miniature_pascal(root)
     runner = CliRunner()
 
     prepared = runner.invoke(cli, ["data", "prepare", "pascal", "--root", str(root)])
